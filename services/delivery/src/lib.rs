@@ -1,0 +1,1 @@
+//! Queue workers: local delivery to mailstore, later MX routing and outbound SMTP.

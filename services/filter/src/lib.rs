@@ -1,0 +1,1 @@
+//! Sender authentication and spam scoring: the verdict for every message.

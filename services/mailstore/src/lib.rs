@@ -1,0 +1,1 @@
+//! Mailboxes and the directory, over SQLite or PostgreSQL, served over gRPC.

@@ -1,0 +1,475 @@
+//! Typed configuration: one TOML file, every key overridable by
+//! `MAILFLEET__SECTION__KEY` environment variables, checked before any port
+//! is bound. Defaults are a working single node on 127.0.0.1.
+//!
+//! Environment is read through [`Env`] so tests never set process variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where configuration overrides come from. The process environment in
+/// production; a plain list in tests.
+pub trait Env {
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// The prefix of override variables: `MAILFLEET__SMTP__MAX_MESSAGE_SIZE=1000`.
+pub const ENV_PREFIX: &str = "MAILFLEET__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the single node keeps its SQLite files, blobs and admin token.
+    pub data_dir: PathBuf,
+    /// The name this server gives itself in greetings and `Received:`.
+    pub hostname: String,
+    pub listen: Listen,
+    pub services: Services,
+    pub backends: Backends,
+    pub smtp: Smtp,
+    pub delivery: Delivery,
+    pub telemetry: Telemetry,
+    pub shutdown: Shutdown,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            hostname: "localhost".into(),
+            listen: Listen::default(),
+            services: Services::default(),
+            backends: Backends::default(),
+            smtp: Smtp::default(),
+            delivery: Delivery::default(),
+            telemetry: Telemetry::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// Listen addresses. A key set to an empty string is not served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub smtp: String,
+    pub submission: String,
+    pub submissions: String,
+    pub imap: String,
+    pub imaps: String,
+    pub pop3: String,
+    pub pop3s: String,
+    /// HTTP: /healthz, /readyz, /metrics and the admin API.
+    pub admin: String,
+    /// gRPC of the filter target.
+    pub filter_grpc: String,
+    /// gRPC of the mailstore target (directory and mailboxes).
+    pub mailstore_grpc: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            smtp: "127.0.0.1:2525".into(),
+            submission: "127.0.0.1:2587".into(),
+            submissions: "127.0.0.1:2465".into(),
+            imap: "127.0.0.1:1143".into(),
+            imaps: "127.0.0.1:1993".into(),
+            pop3: "127.0.0.1:1110".into(),
+            pop3s: "127.0.0.1:1995".into(),
+            admin: "127.0.0.1:8080".into(),
+            filter_grpc: "127.0.0.1:7401".into(),
+            mailstore_grpc: "127.0.0.1:7402".into(),
+        }
+    }
+}
+
+impl Listen {
+    /// Parses one listen address; `None` when the key is empty (disabled).
+    pub fn addr(value: &str) -> Option<SocketAddr> {
+        if value.is_empty() {
+            None
+        } else {
+            value.parse().ok()
+        }
+    }
+}
+
+/// Where a process reaches the gRPC services of other targets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Services {
+    pub filter_url: String,
+    pub mailstore_url: String,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            filter_url: "http://127.0.0.1:7401".into(),
+            mailstore_url: "http://127.0.0.1:7402".into(),
+        }
+    }
+}
+
+/// Backends are chosen by URL: empty means the single-node implementation
+/// under `data_dir`; `nats://`, `postgres://`, `redis://` the cluster one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backends {
+    /// Empty: SQLite queue in `<data_dir>/queue.db`. `nats://host:4222`: JetStream.
+    pub queue_url: String,
+    /// Empty: in-process broadcast. `nats://host:4222`: NATS core subjects.
+    pub events_url: String,
+    /// Empty: SQLite in `<data_dir>/mailstore.db`. `postgres://...`: PostgreSQL.
+    pub metadata_url: String,
+    /// Empty: in memory. `redis://host:6379`: Redis.
+    pub counters_url: String,
+    /// Empty: `<data_dir>/blobs`. A directory shared by every process in a cluster.
+    pub blob_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Smtp {
+    /// Largest message accepted, in bytes (advertised in EHLO SIZE).
+    pub max_message_size: u64,
+    /// Recipients per message; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Longest command line in bytes, CRLF included (RFC 5321 §4.5.3.1.4: 512).
+    pub max_line_length: usize,
+    /// Bad commands before the session is closed.
+    pub max_errors: u32,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for each DATA chunk (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_timeout_secs: u64,
+    /// Concurrent sessions in total.
+    pub max_connections: usize,
+    /// Messages accepted per client IP per minute (0: no limit).
+    pub messages_per_ip_per_minute: u64,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 512,
+            max_errors: 10,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            max_connections: 1000,
+            messages_per_ip_per_minute: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Delivery {
+    /// Concurrent deliveries per `delivery` process.
+    pub workers: usize,
+    /// Seconds a taken entry stays leased before another worker may take it.
+    pub lease_secs: u64,
+    /// Seconds before a failed attempt is retried.
+    pub retry_secs: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            workers: 4,
+            lease_secs: 300,
+            retry_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Telemetry {
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Default filter when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// Seconds sessions get to finish after SIGTERM before they are cut.
+    pub grace_secs: u64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { grace_secs: 20 }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `MAILFLEET__*` overrides from `env`,
+    /// and checks the result. Every problem is reported at once.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: path
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "environment".into()),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses parse, URLs have a known scheme.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let l = &self.listen;
+        for (key, value) in [
+            ("listen.smtp", &l.smtp),
+            ("listen.submission", &l.submission),
+            ("listen.submissions", &l.submissions),
+            ("listen.imap", &l.imap),
+            ("listen.imaps", &l.imaps),
+            ("listen.pop3", &l.pop3),
+            ("listen.pop3s", &l.pop3s),
+            ("listen.admin", &l.admin),
+            ("listen.filter_grpc", &l.filter_grpc),
+            ("listen.mailstore_grpc", &l.mailstore_grpc),
+        ] {
+            if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+                problems.push(format!("{key} = {value:?} is not an IP:port address"));
+            }
+        }
+        for (key, value) in [
+            ("services.filter_url", &self.services.filter_url),
+            ("services.mailstore_url", &self.services.mailstore_url),
+        ] {
+            if !value.starts_with("http://") && !value.starts_with("https://") {
+                problems.push(format!(
+                    "{key} = {value:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        let b = &self.backends;
+        for (key, value, schemes) in [
+            ("backends.queue_url", &b.queue_url, &["nats://"][..]),
+            ("backends.events_url", &b.events_url, &["nats://"][..]),
+            (
+                "backends.metadata_url",
+                &b.metadata_url,
+                &["postgres://", "postgresql://", "sqlite:"][..],
+            ),
+            (
+                "backends.counters_url",
+                &b.counters_url,
+                &["redis://", "rediss://"][..],
+            ),
+        ] {
+            if !value.is_empty() && !schemes.iter().any(|s| value.starts_with(s)) {
+                problems.push(format!(
+                    "{key} = {value:?} must be empty (single node) or start with {}",
+                    schemes.join(" or ")
+                ));
+            }
+        }
+        if !["text", "json"].contains(&self.telemetry.log_format.as_str()) {
+            problems.push(format!(
+                "telemetry.log_format = {:?} must be \"text\" or \"json\"",
+                self.telemetry.log_format
+            ));
+        }
+        if self.smtp.max_line_length < 512 {
+            problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+        }
+        if self.delivery.workers == 0 {
+            problems.push("delivery.workers must be at least 1".into());
+        }
+        if self.hostname.is_empty() {
+            problems.push("hostname must not be empty".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The blob directory, `<data_dir>/blobs` unless configured.
+    pub fn blob_dir(&self) -> PathBuf {
+        if self.backends.blob_dir.is_empty() {
+            self.data_dir.join("blobs")
+        } else {
+            PathBuf::from(&self.backends.blob_dir)
+        }
+    }
+}
+
+/// Sets `MAILFLEET__A__B=v` as key `a.b` of `table`. The value is read as a
+/// TOML value when it parses as one (`25`, `true`, `["a"]`), else as a string.
+fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> {
+    for (name, raw) in env.vars() {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Syntax {
+                origin: name.clone(),
+                message: "empty key segment".into(),
+            });
+        }
+        let value = parse_env_value(&raw);
+        let (last, parents) = keys.split_last().expect("split yields at least one key");
+        let mut current = &mut *table;
+        for key in parents {
+            let entry = current
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            current = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Syntax {
+                        origin: name.clone(),
+                        message: format!("{key} is not a section"),
+                    });
+                }
+            };
+        }
+        current.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_a_single_node_on_loopback() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.listen.smtp, "127.0.0.1:2525");
+        assert_eq!(c.listen.admin, "127.0.0.1:8080");
+        assert_eq!(c.smtp.max_message_size, 25 * 1024 * 1024);
+        assert!(c.backends.queue_url.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_and_keeps_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "hostname = \"mx.example\"\n[smtp]\nmax_recipients = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("MAILFLEET__SMTP__MAX_RECIPIENTS", "7"),
+                ("MAILFLEET__LISTEN__SMTP", "127.0.0.1:2626"),
+                ("MAILFLEET__BACKENDS__QUEUE_URL", "nats://127.0.0.1:4222"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "mx.example");
+        assert_eq!(c.smtp.max_recipients, 7);
+        assert_eq!(c.listen.smtp, "127.0.0.1:2626");
+        assert_eq!(c.backends.queue_url, "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("MAILFLEET__LISTEN__SMTP", "not-an-address"),
+                ("MAILFLEET__BACKENDS__QUEUE_URL", "kafka://x"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("listen.smtp"), "{text}");
+        assert!(text.contains("backends.queue_url"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load(None, &env(&[("MAILFLEET__SMTP__NO_SUCH_KEY", "1")])).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+}

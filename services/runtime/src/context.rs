@@ -1,0 +1,130 @@
+//! The context a target runs with: config, metrics registry, readiness, and
+//! backends opened on first use (a process running only `access` never
+//! connects to the queue).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use tokio::sync::OnceCell;
+
+use crate::Config;
+use crate::backend::{
+    BlobStore, Counters, DirBlobs, Events, JetStreamQueue, LocalEvents, MemoryCounters, NatsEvents,
+    Queue, RedisCounters, Result, SqliteQueue,
+};
+
+pub struct Context {
+    pub config: Config,
+    /// Every metric of the process; served on `/metrics`.
+    pub metrics: Mutex<Registry>,
+    pub readiness: Readiness,
+    queue: OnceCell<Arc<dyn Queue>>,
+    events: OnceCell<Arc<dyn Events>>,
+    counters: OnceCell<Arc<dyn Counters>>,
+    blobs: OnceCell<Arc<dyn BlobStore>>,
+}
+
+impl Context {
+    pub fn new(config: Config) -> Arc<Context> {
+        Arc::new(Context {
+            config,
+            metrics: Mutex::new(Registry::with_prefix("mailfleet")),
+            readiness: Readiness::default(),
+            queue: OnceCell::new(),
+            events: OnceCell::new(),
+            counters: OnceCell::new(),
+            blobs: OnceCell::new(),
+        })
+    }
+
+    /// The queue: SQLite in `<data_dir>/queue.db`, or JetStream at `backends.queue_url`.
+    pub async fn queue(&self) -> Result<Arc<dyn Queue>> {
+        self.queue
+            .get_or_try_init(|| async {
+                let url = &self.config.backends.queue_url;
+                let queue: Arc<dyn Queue> = if url.is_empty() {
+                    std::fs::create_dir_all(&self.config.data_dir)?;
+                    Arc::new(SqliteQueue::open(&self.config.data_dir.join("queue.db")).await?)
+                } else {
+                    Arc::new(JetStreamQueue::connect(url).await?)
+                };
+                Ok(queue)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Mailbox change events: in-process, or NATS at `backends.events_url`.
+    pub async fn events(&self) -> Result<Arc<dyn Events>> {
+        self.events
+            .get_or_try_init(|| async {
+                let url = &self.config.backends.events_url;
+                let events: Arc<dyn Events> = if url.is_empty() {
+                    Arc::new(LocalEvents::new())
+                } else {
+                    Arc::new(NatsEvents::connect(url).await?)
+                };
+                Ok(events)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Rate-limit counters: in memory, or Redis at `backends.counters_url`.
+    pub async fn counters(&self) -> Result<Arc<dyn Counters>> {
+        self.counters
+            .get_or_try_init(|| async {
+                let url = &self.config.backends.counters_url;
+                let counters: Arc<dyn Counters> = if url.is_empty() {
+                    Arc::new(MemoryCounters::new())
+                } else {
+                    Arc::new(RedisCounters::connect(url).await?)
+                };
+                Ok(counters)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Message blobs in `config.blob_dir()`.
+    pub async fn blobs(&self) -> Result<Arc<dyn BlobStore>> {
+        self.blobs
+            .get_or_try_init(|| async {
+                let blobs: Arc<dyn BlobStore> = Arc::new(DirBlobs::open(&self.config.blob_dir())?);
+                Ok(blobs)
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Which started components are ready; `/readyz` answers 200 only when all are.
+#[derive(Default)]
+pub struct Readiness {
+    components: Mutex<BTreeMap<String, bool>>,
+}
+
+impl Readiness {
+    /// Registers a component as not ready yet.
+    pub fn register(&self, name: &str) {
+        self.components
+            .lock()
+            .expect("readiness lock")
+            .insert(name.to_owned(), false);
+    }
+
+    pub fn set(&self, name: &str, ready: bool) {
+        self.components
+            .lock()
+            .expect("readiness lock")
+            .insert(name.to_owned(), ready);
+    }
+
+    /// `(all ready, each component and its state)`.
+    pub fn report(&self) -> (bool, Vec<(String, bool)>) {
+        let map = self.components.lock().expect("readiness lock");
+        let all = !map.is_empty() && map.values().all(|r| *r);
+        (all, map.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+}

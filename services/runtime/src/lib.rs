@@ -1,0 +1,23 @@
+//! What every Mailfleet service shares: the typed [`config`], the
+//! [`Context`] a target runs with (config, metrics, readiness, and the
+//! [`backend`]s opened on first use), [`telemetry`] set-up, the NATS
+//! [`subjects`], and the small gRPC helpers in [`grpc`].
+//!
+//! A service crate exposes `run(ctx, shutdown)`; the `mailfleet` binary
+//! builds one [`Context`] and runs the chosen targets on it, so in target
+//! `all` every service shares the same backends (the in-process event bus
+//! only works that way).
+
+pub mod backend;
+pub mod config;
+mod context;
+pub mod grpc;
+pub mod subjects;
+pub mod telemetry;
+
+pub use config::Config;
+pub use context::{Context, Readiness};
+pub use tokio_util::sync::CancellationToken;
+
+/// The error a service's `run` ends with; the binary reports it and exits.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,1 @@
+//! SMTP front door: MX inbound, submission and submissions.
