@@ -22,7 +22,8 @@ pub struct Context {
     queue: OnceCell<Arc<dyn Queue>>,
     events: OnceCell<Arc<dyn Events>>,
     counters: OnceCell<Arc<dyn Counters>>,
-    blobs: OnceCell<Arc<dyn BlobStore>>,
+    spool: OnceCell<Arc<dyn BlobStore>>,
+    store_blobs: OnceCell<Arc<dyn BlobStore>>,
 }
 
 impl Context {
@@ -34,7 +35,8 @@ impl Context {
             queue: OnceCell::new(),
             events: OnceCell::new(),
             counters: OnceCell::new(),
-            blobs: OnceCell::new(),
+            spool: OnceCell::new(),
+            store_blobs: OnceCell::new(),
         })
     }
 
@@ -87,11 +89,26 @@ impl Context {
             .cloned()
     }
 
-    /// Message blobs in `config.blob_dir()`.
-    pub async fn blobs(&self) -> Result<Arc<dyn BlobStore>> {
-        self.blobs
+    /// The spool: messages accepted by smtp-edge and waiting in the queue,
+    /// in `<blob_dir>/spool`. Deleted by delivery once the entry is done.
+    pub async fn spool(&self) -> Result<Arc<dyn BlobStore>> {
+        self.spool
             .get_or_try_init(|| async {
-                let blobs: Arc<dyn BlobStore> = Arc::new(DirBlobs::open(&self.config.blob_dir())?);
+                let blobs: Arc<dyn BlobStore> =
+                    Arc::new(DirBlobs::open(&self.config.blob_dir().join("spool"))?);
+                Ok(blobs)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Mailbox message bodies owned by mailstore, in `<blob_dir>/store`
+    /// (reference-counted in the metadata database).
+    pub async fn store_blobs(&self) -> Result<Arc<dyn BlobStore>> {
+        self.store_blobs
+            .get_or_try_init(|| async {
+                let blobs: Arc<dyn BlobStore> =
+                    Arc::new(DirBlobs::open(&self.config.blob_dir().join("store"))?);
                 Ok(blobs)
             })
             .await
