@@ -1,0 +1,101 @@
+# Shared by scripts/test and scripts/local-cluster: installs and starts
+# private NATS (JetStream), PostgreSQL and Redis instances in a directory, on
+# free loopback ports. Source it, then call the functions.
+#
+#   infra_install            apt-get the servers that are missing
+#   infra_start DIR          start all three under DIR; exports
+#                            MAILFLEET_TEST_NATS_URL, _POSTGRES_URL, _REDIS_URL
+#   infra_stop               stop what infra_start started
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pg_bin() {
+    # Debian keeps initdb/pg_ctl out of PATH, under /usr/lib/postgresql/<major>/bin.
+    local b
+    for b in /usr/lib/postgresql/*/bin; do
+        if [ -x "$b/initdb" ]; then echo "$b"; return 0; fi
+    done
+    dirname "$(command -v initdb)"
+}
+
+infra_install() {
+    local missing=()
+    command -v nats-server >/dev/null || missing+=(nats-server)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    command -v swaks >/dev/null || missing+=(swaks)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # Debian's postgresql package starts a cluster on 5432; we never use it.
+}
+
+# Runs a command as the postgres user when we are root (initdb refuses root).
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+wait_port() {
+    local port=$1 name=$2 i
+    for i in $(seq 1 100); do
+        if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "$name did not start on port $port" >&2
+    return 1
+}
+
+infra_start() {
+    INFRA_DIR=$1
+    mkdir -p "$INFRA_DIR"
+    local nats_port pg_port redis_port bin
+    nats_port=$(free_port)
+    pg_port=$(free_port)
+    redis_port=$(free_port)
+
+    nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$INFRA_DIR/nats" >"$INFRA_DIR/nats.log" 2>&1 &
+    INFRA_NATS_PID=$!
+
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$INFRA_DIR" >"$INFRA_DIR/redis.log" 2>&1 &
+    INFRA_REDIS_PID=$!
+
+    bin=$(pg_bin)
+    mkdir -p "$INFRA_DIR/pg"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$INFRA_DIR/pg"; chmod 755 "$INFRA_DIR"; fi
+    # A directory kept from an earlier run is reused: its data survives restarts.
+    if [ ! -d "$INFRA_DIR/pg/data" ]; then
+        as_pg "$bin/initdb" -D "$INFRA_DIR/pg/data" -U postgres --auth=trust >"$INFRA_DIR/initdb.log" 2>&1
+    fi
+    as_pg "$bin/pg_ctl" -D "$INFRA_DIR/pg/data" -l "$INFRA_DIR/pg/log" -w \
+        -o "-p $pg_port -k $INFRA_DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+    INFRA_PG_BIN=$bin
+
+    wait_port "$nats_port" nats-server
+    wait_port "$redis_port" redis-server
+    wait_port "$pg_port" postgresql
+
+    export MAILFLEET_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+    export MAILFLEET_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+    export MAILFLEET_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+}
+
+infra_stop() {
+    [ -n "${INFRA_DIR:-}" ] || return 0
+    [ -n "${INFRA_NATS_PID:-}" ] && kill "$INFRA_NATS_PID" 2>/dev/null
+    [ -n "${INFRA_REDIS_PID:-}" ] && kill "$INFRA_REDIS_PID" 2>/dev/null
+    if [ -n "${INFRA_PG_BIN:-}" ]; then
+        as_pg "$INFRA_PG_BIN/pg_ctl" -D "$INFRA_DIR/pg/data" -m fast stop >/dev/null 2>&1
+    fi
+    wait 2>/dev/null
+    INFRA_DIR=
+}
