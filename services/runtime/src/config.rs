@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where configuration overrides come from. The process environment in
 /// production; a plain list in tests.
@@ -46,7 +46,7 @@ pub enum ConfigError {
 /// The prefix of override variables: `MAILFLEET__SMTP__MAX_MESSAGE_SIZE=1000`.
 pub const ENV_PREFIX: &str = "MAILFLEET__";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the single node keeps its SQLite files, blobs and admin token.
@@ -79,7 +79,7 @@ impl Default for Config {
 }
 
 /// Listen addresses. A key set to an empty string is not served.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listen {
     pub smtp: String,
@@ -126,7 +126,7 @@ impl Listen {
 }
 
 /// Where a process reaches the gRPC services of other targets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Services {
     pub filter_url: String,
@@ -144,7 +144,7 @@ impl Default for Services {
 
 /// Backends are chosen by URL: empty means the single-node implementation
 /// under `data_dir`; `nats://`, `postgres://`, `redis://` the cluster one.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backends {
     /// Empty: SQLite queue in `<data_dir>/queue.db`. `nats://host:4222`: JetStream.
@@ -159,7 +159,7 @@ pub struct Backends {
     pub blob_dir: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Smtp {
     /// Largest message accepted, in bytes (advertised in EHLO SIZE).
@@ -195,7 +195,7 @@ impl Default for Smtp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Delivery {
     /// Concurrent deliveries per `delivery` process.
@@ -216,7 +216,7 @@ impl Default for Delivery {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Telemetry {
     /// `text` or `json`.
@@ -234,7 +234,7 @@ impl Default for Telemetry {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Shutdown {
     /// Seconds sessions get to finish after SIGTERM before they are cut.
@@ -465,6 +465,15 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("listen.smtp"), "{text}");
         assert!(text.contains("backends.queue_url"), "{text}");
+    }
+
+    /// The reference config documents every key with its default value.
+    #[test]
+    fn reference_config_is_complete_and_matches_defaults() {
+        let text = include_str!("../../mailfleet/reference.toml");
+        let reference: toml::Table = text.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(reference, defaults);
     }
 
     #[test]
