@@ -1,1 +1,79 @@
-//! Mailboxes and the directory, over SQLite or PostgreSQL, served over gRPC.
+//! The `mailstore` target: it owns the directory (domains, accounts,
+//! passwords) and the mailboxes (messages, UIDs, MODSEQs, flags), keeps
+//! their metadata in SQLite or PostgreSQL ([`store`]) and the message bodies
+//! in the store blob directory, and serves both over gRPC (`Directory` and
+//! `Mailstore` of `mailstore.proto`). After each commit it publishes a
+//! `MailboxEvent` so that IMAP IDLE sessions on any replica see the change.
+//!
+//! Deliveries are exactly once per idempotency key (`<queue id>/<recipient>`),
+//! which turns the queue's at-least-once into exactly-once mailbox appends.
+
+mod grpc;
+mod metrics;
+pub mod store;
+
+use std::sync::Arc;
+
+use mailfleet_proto::mailstore::directory_server::DirectoryServer;
+use mailfleet_proto::mailstore::mailstore_server::MailstoreServer;
+use mailfleet_runtime::config::Listen;
+use mailfleet_runtime::grpc::MAX_MESSAGE_BYTES;
+use mailfleet_runtime::{BoxError, CancellationToken, Context};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use store::{Store, StoreError};
+
+/// The readiness component this target registers.
+pub const READINESS: &str = "mailstore";
+
+/// Opens the store (migrating it), binds `listen.mailstore_grpc` and serves
+/// until `shutdown`; in-flight calls finish before it returns.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), BoxError> {
+    ctx.readiness.register(READINESS);
+    let listen = &ctx.config.listen.mailstore_grpc;
+    let addr = Listen::addr(listen)
+        .ok_or_else(|| format!("listen.mailstore_grpc = {listen:?} is not a listen address"))?;
+
+    if ctx.config.backends.metadata_url.is_empty() {
+        std::fs::create_dir_all(&ctx.config.data_dir)?;
+    }
+    let url = store::database_url(&ctx.config.backends.metadata_url, &ctx.config.data_dir);
+    let store = Arc::new(Store::open(&url, ctx.store_blobs().await?).await?);
+    let events = ctx.events().await?;
+    let metrics = {
+        let mut registry = ctx
+            .metrics
+            .lock()
+            .map_err(|_| "metrics registry poisoned")?;
+        metrics::Metrics::register(&mut registry)
+    };
+
+    let directory = DirectoryServer::new(grpc::DirectoryService {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mailstore = MailstoreServer::new(grpc::MailstoreService {
+        store: store.clone(),
+        events,
+        metrics,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    // Bound before readiness is reported, so "ready" means "accepting".
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, dialect = ?store.dialect(), "mailstore serving");
+    ctx.readiness.set(READINESS, true);
+    let served = Server::builder()
+        .add_service(directory)
+        .add_service(mailstore)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())
+        .await;
+    ctx.readiness.set(READINESS, false);
+    store.close().await;
+    tracing::info!("mailstore stopped");
+    Ok(served?)
+}

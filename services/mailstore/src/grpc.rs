@@ -1,0 +1,278 @@
+//! The gRPC face of the store: `Directory` and `Mailstore` of
+//! `mailstore.proto`. Handlers translate requests, call [`Store`], map
+//! [`StoreError`] to a status, and publish change events after commits.
+
+use std::sync::Arc;
+
+use mailfleet_proto::mailstore::directory_server::Directory;
+use mailfleet_proto::mailstore::mailstore_server::Mailstore;
+use mailfleet_proto::mailstore::{
+    AccountRequest, AddUserRequest, AuthReply, AuthRequest, Body, DeliverReply, DeliverRequest,
+    DomainList, DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply, LookupRequest,
+    MailboxList, MailboxRequest, MailboxStatus, MessageInfo, MessageList, MessageRequest,
+    StoreFlagsRequest, UserList, UserRequest, lookup_reply, store_flags_request,
+};
+use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
+use mailfleet_runtime::backend::Events;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::store::{FlagMode, Lookup, NewMessage, Store, StoreError};
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Status {
+        match error {
+            StoreError::Invalid(m) => Status::invalid_argument(m),
+            StoreError::AlreadyExists(_) => Status::already_exists(error.to_string()),
+            StoreError::NotFound(_) => Status::not_found(error.to_string()),
+            StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+            // Database and blob failures are worth retrying (a replica or
+            // the database may be back soon); the caller decides.
+            StoreError::Database(_) | StoreError::Blob(_) => {
+                tracing::error!(%error, "store backend failed");
+                Status::unavailable(error.to_string())
+            }
+            StoreError::Hash(_) | StoreError::Corrupt(_) => {
+                tracing::error!(%error, "store internal error");
+                Status::internal(error.to_string())
+            }
+        }
+    }
+}
+
+/// The account name events are published under: the stored, lowercased
+/// address (the store accepted it, so it parses).
+fn canonical_account(account: &str) -> String {
+    crate::store::names::address(account)
+        .map(|(address, _)| address)
+        .unwrap_or_else(|_| account.to_owned())
+}
+
+pub struct DirectoryService {
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+}
+
+#[tonic::async_trait]
+impl Directory for DirectoryService {
+    /// Idempotent: adding a domain that exists already succeeds.
+    async fn add_domain(&self, request: Request<DomainRequest>) -> Result<Response<Empty>, Status> {
+        let name = request.into_inner().name;
+        if self.store.add_domain(&name).await? {
+            tracing::info!(domain = %name, "domain added");
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_domains(&self, _: Request<Empty>) -> Result<Response<DomainList>, Status> {
+        let domains = self.store.list_domains().await?;
+        Ok(Response::new(DomainList { domains }))
+    }
+
+    async fn add_user(&self, request: Request<AddUserRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.add_user(&r.address, &r.password).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_users(&self, _: Request<Empty>) -> Result<Response<UserList>, Status> {
+        let addresses = self.store.list_users().await?;
+        Ok(Response::new(UserList { addresses }))
+    }
+
+    async fn delete_user(&self, request: Request<UserRequest>) -> Result<Response<Empty>, Status> {
+        self.store
+            .delete_user(&request.into_inner().address)
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn lookup_recipient(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupReply>, Status> {
+        let reply = match self
+            .store
+            .lookup_recipient(&request.into_inner().address)
+            .await?
+        {
+            Lookup::Remote => LookupReply {
+                kind: lookup_reply::Kind::Remote as i32,
+                account: String::new(),
+            },
+            Lookup::Local { account } => LookupReply {
+                kind: lookup_reply::Kind::Local as i32,
+                account,
+            },
+            Lookup::UnknownUser => LookupReply {
+                kind: lookup_reply::Kind::UnknownUser as i32,
+                account: String::new(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthRequest>,
+    ) -> Result<Response<AuthReply>, Status> {
+        let r = request.into_inner();
+        let account = self.store.authenticate(&r.address, &r.password).await?;
+        let result = if account.is_some() { "ok" } else { "failed" };
+        self.metrics.authentications(result).inc();
+        Ok(Response::new(AuthReply {
+            ok: account.is_some(),
+            account: account.unwrap_or_default(),
+        }))
+    }
+}
+
+pub struct MailstoreService {
+    pub store: Arc<Store>,
+    pub events: Arc<dyn Events>,
+    pub metrics: Metrics,
+}
+
+impl MailstoreService {
+    /// Publishes after the commit; a lost event only delays what IDLE
+    /// sessions see until their next command, so it is logged, not returned.
+    async fn publish(&self, event: MailboxEvent) {
+        if let Err(error) = self.events.publish(&event).await {
+            tracing::warn!(account = %event.account, mailbox = %event.mailbox, %error, "cannot publish mailbox event");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Mailstore for MailstoreService {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        let r = request.into_inner();
+        let delivered = self
+            .store
+            .deliver(NewMessage {
+                account: &r.account,
+                mailbox: &r.mailbox,
+                message: &r.message,
+                idempotency_key: &r.idempotency_key,
+                flags: &r.flags,
+            })
+            .await;
+        let delivered = match delivered {
+            Ok(d) => d,
+            Err(error) => {
+                self.metrics.deliveries("error").inc();
+                return Err(error.into());
+            }
+        };
+        if delivered.duplicate {
+            self.metrics.deliveries("duplicate").inc();
+            tracing::info!(account = %r.account, key = %r.idempotency_key, uid = delivered.uid, "duplicate delivery ignored");
+        } else {
+            self.metrics.deliveries("stored").inc();
+            tracing::info!(account = %r.account, mailbox = %delivered.mailbox, uid = delivered.uid, size = r.message.len(), "message stored");
+            self.publish(MailboxEvent {
+                account: canonical_account(&r.account),
+                mailbox: delivered.mailbox.clone(),
+                kind: mailbox_event::Kind::Appended as i32,
+                uid: delivered.uid,
+                modseq: delivered.modseq,
+            })
+            .await;
+        }
+        Ok(Response::new(DeliverReply {
+            uid: delivered.uid,
+            duplicate: delivered.duplicate,
+        }))
+    }
+
+    async fn list_mailboxes(
+        &self,
+        request: Request<AccountRequest>,
+    ) -> Result<Response<MailboxList>, Status> {
+        let mailboxes = self
+            .store
+            .list_mailboxes(&request.into_inner().account)
+            .await?;
+        Ok(Response::new(MailboxList { mailboxes }))
+    }
+
+    async fn select_mailbox(
+        &self,
+        request: Request<MailboxRequest>,
+    ) -> Result<Response<MailboxStatus>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.store.select_mailbox(&r.account, &r.mailbox).await?,
+        ))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<MailboxRequest>,
+    ) -> Result<Response<MessageList>, Status> {
+        let r = request.into_inner();
+        let messages = self.store.list_messages(&r.account, &r.mailbox).await?;
+        Ok(Response::new(MessageList { messages }))
+    }
+
+    async fn fetch_body(&self, request: Request<MessageRequest>) -> Result<Response<Body>, Status> {
+        let r = request.into_inner();
+        let message = self.store.fetch_body(&r.account, &r.mailbox, r.uid).await?;
+        Ok(Response::new(Body { message }))
+    }
+
+    async fn store_flags(
+        &self,
+        request: Request<StoreFlagsRequest>,
+    ) -> Result<Response<MessageInfo>, Status> {
+        let r = request.into_inner();
+        let mode = match store_flags_request::Mode::try_from(r.mode) {
+            Ok(store_flags_request::Mode::Replace) => FlagMode::Replace,
+            Ok(store_flags_request::Mode::Add) => FlagMode::Add,
+            Ok(store_flags_request::Mode::Remove) => FlagMode::Remove,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", r.mode))),
+        };
+        let (info, changed) = self
+            .store
+            .store_flags(&r.account, &r.mailbox, r.uid, mode, &r.flags)
+            .await?;
+        if changed {
+            self.publish(MailboxEvent {
+                account: canonical_account(&r.account),
+                mailbox: crate::store::names::mailbox(&r.mailbox)?,
+                kind: mailbox_event::Kind::Flags as i32,
+                uid: info.uid,
+                modseq: info.modseq,
+            })
+            .await;
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn expunge(
+        &self,
+        request: Request<ExpungeRequest>,
+    ) -> Result<Response<ExpungeReply>, Status> {
+        let r = request.into_inner();
+        let expunged = self.store.expunge(&r.account, &r.mailbox, &r.uids).await?;
+        self.metrics
+            .expunged
+            .inc_by(expunged.uids.len().try_into().unwrap_or(u64::MAX));
+        for uid in &expunged.uids {
+            self.publish(MailboxEvent {
+                account: canonical_account(&r.account),
+                mailbox: expunged.mailbox.clone(),
+                kind: mailbox_event::Kind::Expunged as i32,
+                uid: *uid,
+                modseq: expunged.modseq,
+            })
+            .await;
+        }
+        Ok(Response::new(ExpungeReply {
+            expunged_uids: expunged.uids,
+        }))
+    }
+}

@@ -1,0 +1,394 @@
+//! Mailboxes and messages: delivery with idempotency keys, status, listing,
+//! bodies, flags and expunge.
+//!
+//! Every change takes the next MODSEQ of its mailbox (and a delivery the
+//! next UID) with one `UPDATE ... RETURNING` inside the transaction that
+//! writes the message. On PostgreSQL that row lock serialises concurrent
+//! writers on the same mailbox across replicas, so UIDs are unique and
+//! become visible in ascending order (RFC 3501 §2.3.1.1).
+
+use mailfleet_proto::mailstore::{MailboxInfo, MailboxStatus, MessageInfo};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::names::{self, DELETED, FlagMode, SEEN};
+use super::{Result, Store, StoreError, now_ms, release_blob, to_u32, to_u64};
+
+/// A message to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub account: &'a str,
+    /// Empty means INBOX.
+    pub mailbox: &'a str,
+    pub message: &'a [u8],
+    /// `<queue id>/<recipient>`; empty for no deduplication (IMAP APPEND).
+    pub idempotency_key: &'a str,
+    pub flags: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The mailbox name as stored (`inbox` becomes `INBOX`).
+    pub mailbox: String,
+    pub uid: u32,
+    /// The MODSEQ of the new message; 0 for a duplicate.
+    pub modseq: u64,
+    /// The idempotency key was seen before: nothing was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Expunged {
+    pub mailbox: String,
+    pub uids: Vec<u32>,
+    /// The mailbox MODSEQ of the expunge; 0 when nothing was removed.
+    pub modseq: u64,
+}
+
+/// A mailbox row, resolved from (account, name).
+struct MailboxRef {
+    id: i64,
+    name: String,
+}
+
+impl Store {
+    /// Stores a message: blob first, then UID, message row, blob reference
+    /// and idempotency key in one transaction. A repeated idempotency key
+    /// returns the first UID and stores nothing.
+    pub async fn deliver(&self, new: NewMessage<'_>) -> Result<Delivered> {
+        let flags = names::join_flags(&names::flags(new.flags)?);
+        let mailbox = self.mailbox_ref(new.account, new.mailbox).await?;
+        if let Some(uid) = self.delivered_uid(new.idempotency_key).await? {
+            return Ok(duplicate(mailbox.name, uid));
+        }
+
+        // Written before the transaction so that the SQLite write lock is
+        // not held across an fsync; an orphan after a failed commit is
+        // harmless, a reference without its blob would not be.
+        let blob = self.blobs.put(new.message).await?;
+        let size = i64::try_from(new.message.len()).unwrap_or(i64::MAX);
+        let now = now_ms();
+
+        let mut tx = self.begin_write().await?;
+        if !new.idempotency_key.is_empty() {
+            // Claimed first: on PostgreSQL a concurrent delivery with the same
+            // key waits here until this one commits, then sees the conflict.
+            let claimed = sqlx::query(
+                "INSERT INTO deliveries (idempotency_key, mailbox_id, uid, created_at_ms) \
+                 VALUES ($1, $2, 0, $3) ON CONFLICT (idempotency_key) DO NOTHING \
+                 RETURNING idempotency_key",
+            )
+            .bind(new.idempotency_key)
+            .bind(mailbox.id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_none() {
+                tx.rollback().await?;
+                self.forget_blob_if_unreferenced(&blob).await?;
+                let uid = self
+                    .delivered_uid(new.idempotency_key)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("idempotency key vanished during delivery".into())
+                    })?;
+                return Ok(duplicate(mailbox.name, uid));
+            }
+        }
+        let row = sqlx::query(
+            "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1 \
+             WHERE id = $1 RETURNING uid_next - 1, highest_modseq",
+        )
+        .bind(mailbox.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let uid: i64 = row.try_get(0)?;
+        let modseq: i64 = row.try_get(1)?;
+        sqlx::query(
+            "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(mailbox.id)
+        .bind(uid)
+        .bind(&blob)
+        .bind(size)
+        .bind(now)
+        .bind(&flags)
+        .bind(modseq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO blob_refs (blob, refcount) VALUES ($1, 1) \
+             ON CONFLICT (blob) DO UPDATE SET refcount = blob_refs.refcount + 1",
+        )
+        .bind(&blob)
+        .execute(&mut *tx)
+        .await?;
+        if !new.idempotency_key.is_empty() {
+            sqlx::query("UPDATE deliveries SET uid = $1 WHERE idempotency_key = $2")
+                .bind(uid)
+                .bind(new.idempotency_key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Delivered {
+            mailbox: mailbox.name,
+            uid: to_u32(uid, "uid")?,
+            modseq: to_u64(modseq, "modseq")?,
+            duplicate: false,
+        })
+    }
+
+    /// Every mailbox of an account with its SPECIAL-USE attribute, in
+    /// creation order.
+    pub async fn list_mailboxes(&self, account: &str) -> Result<Vec<MailboxInfo>> {
+        let account_id = self.account_id(account).await?;
+        let rows = sqlx::query(
+            "SELECT name, special_use FROM mailboxes WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let special_use: String = row.try_get(1)?;
+                Ok(MailboxInfo {
+                    name: row.try_get(0)?,
+                    attributes: if special_use.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![special_use]
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// What IMAP SELECT reports.
+    pub async fn select_mailbox(&self, account: &str, mailbox: &str) -> Result<MailboxStatus> {
+        let mailbox = self.mailbox_ref(account, mailbox).await?;
+        let row = sqlx::query(
+            "SELECT uid_validity, uid_next, highest_modseq, \
+             (SELECT COUNT(*) FROM messages WHERE mailbox_id = $1), \
+             (SELECT COUNT(*) FROM messages WHERE mailbox_id = $1 \
+              AND (' ' || flags || ' ') NOT LIKE $2 ESCAPE '!') \
+             FROM mailboxes WHERE id = $1",
+        )
+        .bind(mailbox.id)
+        // An explicit escape character: PostgreSQL would otherwise read the
+        // backslash of `\Seen` as one.
+        .bind(format!("% {SEEN} %"))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(MailboxStatus {
+            uid_validity: to_u32(row.try_get(0)?, "uid_validity")?,
+            uid_next: to_u32(row.try_get(1)?, "uid_next")?,
+            highest_modseq: to_u64(row.try_get(2)?, "highest_modseq")?,
+            exists: to_u32(row.try_get(3)?, "exists")?,
+            unseen: to_u32(row.try_get(4)?, "unseen")?,
+        })
+    }
+
+    /// Metadata of every message in a mailbox, in UID order.
+    pub async fn list_messages(&self, account: &str, mailbox: &str) -> Result<Vec<MessageInfo>> {
+        let mailbox = self.mailbox_ref(account, mailbox).await?;
+        let rows = sqlx::query(
+            "SELECT uid, flags, size, internal_date_ms, modseq FROM messages \
+             WHERE mailbox_id = $1 ORDER BY uid",
+        )
+        .bind(mailbox.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_info).collect()
+    }
+
+    pub async fn fetch_body(&self, account: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
+        let mailbox = self.mailbox_ref(account, mailbox).await?;
+        let blob: String =
+            sqlx::query("SELECT blob FROM messages WHERE mailbox_id = $1 AND uid = $2")
+                .bind(mailbox.id)
+                .bind(i64::from(uid))
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {}", mailbox.name)))?
+                .try_get(0)?;
+        Ok(self.blobs.get(&blob).await?)
+    }
+
+    /// Changes the flags of one message. A change takes a new MODSEQ; a
+    /// STORE that changes nothing keeps the old one (RFC 7162 §3.1.3).
+    /// Returns the message after the change and whether it changed.
+    pub async fn store_flags(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+        mode: FlagMode,
+        flags: &[String],
+    ) -> Result<(MessageInfo, bool)> {
+        let requested = names::flags(flags)?;
+        let mailbox = self.mailbox_ref(account, mailbox).await?;
+        let mut tx = self.begin_write().await?;
+        let select = "SELECT uid, flags, size, internal_date_ms, modseq FROM messages \
+                      WHERE mailbox_id = $1 AND uid = $2";
+        let row = sqlx::query(select)
+            .bind(mailbox.id)
+            .bind(i64::from(uid))
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {}", mailbox.name)))?;
+        let mut info = message_info(&row)?;
+        let updated = names::apply_flags(&info.flags, mode, &requested);
+        if updated == info.flags {
+            tx.rollback().await?;
+            return Ok((info, false));
+        }
+        let modseq: i64 = sqlx::query(
+            "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 \
+             RETURNING highest_modseq",
+        )
+        .bind(mailbox.id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        sqlx::query(
+            "UPDATE messages SET flags = $1, modseq = $2 WHERE mailbox_id = $3 AND uid = $4",
+        )
+        .bind(names::join_flags(&updated))
+        .bind(modseq)
+        .bind(mailbox.id)
+        .bind(i64::from(uid))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        info.flags = updated;
+        info.modseq = to_u64(modseq, "modseq")?;
+        Ok((info, true))
+    }
+
+    /// Removes messages flagged `\Deleted`: all of them, or only those among
+    /// `uids` when it is not empty (UID EXPUNGE, RFC 4315 §2.1). Blobs whose
+    /// last reference goes are deleted after the commit.
+    pub async fn expunge(&self, account: &str, mailbox: &str, uids: &[u32]) -> Result<Expunged> {
+        let mailbox = self.mailbox_ref(account, mailbox).await?;
+        let mut tx = self.begin_write().await?;
+        let rows =
+            sqlx::query("SELECT uid, blob, flags FROM messages WHERE mailbox_id = $1 ORDER BY uid")
+                .bind(mailbox.id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut doomed = Vec::new();
+        for row in &rows {
+            let uid = to_u32(row.try_get(0)?, "uid")?;
+            let flags: String = row.try_get(2)?;
+            let deleted = flags.split_whitespace().any(|f| f == DELETED);
+            if deleted && (uids.is_empty() || uids.contains(&uid)) {
+                doomed.push((uid, row.try_get::<String, _>(1)?));
+            }
+        }
+        if doomed.is_empty() {
+            tx.rollback().await?;
+            return Ok(Expunged {
+                mailbox: mailbox.name,
+                ..Expunged::default()
+            });
+        }
+        let modseq: i64 = sqlx::query(
+            "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 \
+             RETURNING highest_modseq",
+        )
+        .bind(mailbox.id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let mut unreferenced = Vec::new();
+        for (uid, blob) in &doomed {
+            sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 AND uid = $2")
+                .bind(mailbox.id)
+                .bind(i64::from(*uid))
+                .execute(&mut *tx)
+                .await?;
+            if release_blob(&mut tx, blob).await? && !unreferenced.contains(blob) {
+                unreferenced.push(blob.clone());
+            }
+        }
+        tx.commit().await?;
+        self.delete_unreferenced_blobs(&unreferenced).await;
+        Ok(Expunged {
+            mailbox: mailbox.name,
+            uids: doomed.into_iter().map(|(uid, _)| uid).collect(),
+            modseq: to_u64(modseq, "modseq")?,
+        })
+    }
+
+    async fn account_id(&self, account: &str) -> Result<i64> {
+        let (address, _) = names::address(account)?;
+        Ok(sqlx::query("SELECT id FROM accounts WHERE address = $1")
+            .bind(&address)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?
+            .try_get(0)?)
+    }
+
+    async fn mailbox_ref(&self, account: &str, mailbox: &str) -> Result<MailboxRef> {
+        let (address, _) = names::address(account)?;
+        let name = names::mailbox(mailbox)?;
+        let id: i64 = sqlx::query(
+            "SELECT b.id FROM mailboxes b JOIN accounts a ON a.id = b.account_id \
+             WHERE a.address = $1 AND b.name = $2",
+        )
+        .bind(&address)
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox {name:?} of {address}")))?
+        .try_get(0)?;
+        Ok(MailboxRef { id, name })
+    }
+
+    async fn delivered_uid(&self, key: &str) -> Result<Option<u32>> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT uid FROM deliveries WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| to_u32(r.try_get(0)?, "uid")).transpose()
+    }
+
+    /// A blob written for a delivery that turned out to be a duplicate:
+    /// remove it unless a message already refers to the same content.
+    async fn forget_blob_if_unreferenced(&self, blob: &str) -> Result<()> {
+        let referenced = sqlx::query("SELECT refcount FROM blob_refs WHERE blob = $1")
+            .bind(blob)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !referenced {
+            self.delete_unreferenced_blobs(&[blob.to_owned()]).await;
+        }
+        Ok(())
+    }
+}
+
+fn duplicate(mailbox: String, uid: u32) -> Delivered {
+    Delivered {
+        mailbox,
+        uid,
+        modseq: 0,
+        duplicate: true,
+    }
+}
+
+fn message_info(row: &AnyRow) -> Result<MessageInfo> {
+    Ok(MessageInfo {
+        uid: to_u32(row.try_get(0)?, "uid")?,
+        flags: names::split_flags(&row.try_get::<String, _>(1)?),
+        size: to_u64(row.try_get(2)?, "size")?,
+        internal_date_ms: row.try_get(3)?,
+        modseq: to_u64(row.try_get(4)?, "modseq")?,
+    })
+}

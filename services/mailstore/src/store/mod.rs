@@ -1,0 +1,250 @@
+//! The metadata store: domains, accounts, mailboxes, messages, delivery
+//! idempotency keys and blob reference counts, in SQLite (single node) or
+//! PostgreSQL (cluster) through one sqlx `Any` pool. Message bodies live in
+//! the [`BlobStore`]; this module keeps their reference counts.
+//!
+//! SQL is written once for both databases: `$n` placeholders numbered in
+//! order of first appearance (SQLite reads them as named parameters),
+//! `ON CONFLICT`, `RETURNING`, and only the types `Any` carries (i64, text).
+
+mod directory;
+mod mailbox;
+pub mod names;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mailfleet_runtime::backend::{BackendError, BlobStore};
+use sqlx::any::{Any, AnyPoolOptions};
+use sqlx::{AnyPool, Row, Transaction};
+
+pub use directory::Lookup;
+pub use mailbox::{Delivered, Expunged, NewMessage};
+pub use names::FlagMode;
+
+/// What a store operation failed with; the gRPC layer maps each variant to
+/// one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("blob store: {0}")]
+    Blob(#[from] BackendError),
+    #[error("password hash: {0}")]
+    Hash(String),
+    #[error("stored value out of range: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database the pool talks to; the few statements that differ
+/// (transaction start, migration lock, pragmas) depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// One migration: its version and the SQL of each dialect.
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// Applied in order; a version is never edited once released, only added.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_init.sql"),
+}];
+
+/// An arbitrary constant: the PostgreSQL advisory lock that serialises
+/// migrations when several replicas start at once.
+const MIGRATION_LOCK_ID: i64 = 0x6d61_696c_7374;
+
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    blobs: Arc<dyn BlobStore>,
+}
+
+/// The database URL for a config: `backends.metadata_url`, or the single
+/// node's SQLite file under `data_dir`.
+pub fn database_url(metadata_url: &str, data_dir: &Path) -> String {
+    if metadata_url.is_empty() {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("mailstore.db").display()
+        )
+    } else {
+        metadata_url.to_owned()
+    }
+}
+
+impl Store {
+    /// Connects, applies pending migrations and returns the store.
+    pub async fn open(url: &str, blobs: Arc<dyn BlobStore>) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "metadata URL must start with sqlite: or postgres://, got {url:?}"
+            )));
+        };
+        let options = match dialect {
+            // WAL lets readers run beside the one writer; FULL makes a
+            // commit survive power loss, which "250 queued" relies on.
+            Dialect::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            )
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+            }
+            Dialect::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = options.connect(url).await?;
+        let store = Store {
+            pool,
+            dialect,
+            blobs,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes the pool; pending queries finish first.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies every migration not yet recorded in `schema_version`, all in
+    /// one transaction, under a lock so that two replicas starting together
+    /// do not both apply them.
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK_ID)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_version (\
+             version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_version")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for migration in MIGRATIONS {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            let sql = match self.dialect {
+                Dialect::Sqlite => migration.sqlite,
+                Dialect::Postgres => migration.postgres,
+            };
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(migration.version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version = migration.version, "applied schema migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
+    /// first and writes later fails with SQLITE_BUSY when another writer
+    /// got in between, and busy_timeout cannot help that case.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Deletes blobs whose last reference went in a committed transaction.
+    /// A failure leaves an orphan file, never a dangling reference, so it is
+    /// logged and not returned.
+    async fn delete_unreferenced_blobs(&self, blobs: &[String]) {
+        for blob in blobs {
+            if let Err(error) = self.blobs.delete(blob).await {
+                tracing::warn!(%blob, %error, "cannot delete unreferenced blob");
+            }
+        }
+    }
+}
+
+/// Drops one reference to `blob` inside `tx`; true when it was the last one
+/// (the caller deletes the file after commit).
+async fn release_blob(tx: &mut Transaction<'static, Any>, blob: &str) -> Result<bool> {
+    let row = sqlx::query(
+        "UPDATE blob_refs SET refcount = refcount - 1 WHERE blob = $1 RETURNING refcount",
+    )
+    .bind(blob)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let remaining = match row {
+        Some(row) => row.try_get::<i64, _>(0)?,
+        None => 0,
+    };
+    if remaining > 0 {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM blob_refs WHERE blob = $1 AND refcount <= 0")
+        .bind(blob)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A stored integer as the u32 the protocol carries (UIDs, UIDVALIDITY).
+fn to_u32(value: i64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} = {value}")))
+}
+
+fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} = {value}")))
+}

@@ -1,0 +1,619 @@
+//! One contract suite for the metadata store, run against SQLite (a temp
+//! directory) and PostgreSQL (a fresh database per run on the server named
+//! by `MAILFLEET_TEST_POSTGRES_URL`). The PostgreSQL tests fail, not skip,
+//! when that variable is unset: a green run must mean both were tested.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use mailfleet_mailstore::store::{self, FlagMode, Lookup, NewMessage, Store, StoreError};
+use mailfleet_runtime::backend::{BlobStore, DirBlobs};
+use sha2::{Digest, Sha256};
+use sqlx::{AnyConnection, Connection};
+use tempfile::TempDir;
+
+const POSTGRES_ENV: &str = "MAILFLEET_TEST_POSTGRES_URL";
+
+/// A database the suite may use, and how to drop it afterwards.
+struct TestDb {
+    url: String,
+    admin_url: Option<String>,
+    name: String,
+    _dir: TempDir,
+    blob_dir: std::path::PathBuf,
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = store::database_url("", dir.path());
+        let blob_dir = dir.path().join("blobs");
+        TestDb {
+            url,
+            admin_url: None,
+            name: String::new(),
+            _dir: dir,
+            blob_dir,
+        }
+    }
+
+    async fn postgres() -> TestDb {
+        let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{POSTGRES_ENV} is not set: the store contract must run against PostgreSQL too \
+                 (e.g. {POSTGRES_ENV}=postgres://postgres@127.0.0.1:15432/postgres)"
+            )
+        });
+        sqlx::any::install_default_drivers();
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = AnyConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob_dir = dir.path().join("blobs");
+        TestDb {
+            url: with_database(&admin_url, &name),
+            admin_url: Some(admin_url),
+            name,
+            _dir: dir,
+            blob_dir,
+        }
+    }
+
+    fn blobs(&self) -> Arc<DirBlobs> {
+        Arc::new(DirBlobs::open(&self.blob_dir).expect("blob dir"))
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.url, self.blobs())
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+
+    /// Drops the PostgreSQL database; every store must be closed first.
+    async fn drop_database(self) {
+        let Some(admin_url) = &self.admin_url else {
+            return;
+        };
+        let mut conn = AnyConnection::connect(admin_url).await.expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
+    }
+}
+
+/// `url` with its database path replaced by `name`, query string kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn deliver<'a>(
+    account: &'a str,
+    mailbox: &'a str,
+    message: &'a [u8],
+    key: &'a str,
+) -> NewMessage<'a> {
+    NewMessage {
+        account,
+        mailbox,
+        message,
+        idempotency_key: key,
+        flags: &[],
+    }
+}
+
+fn flags(list: &[&str]) -> Vec<String> {
+    list.iter().map(|f| f.to_string()).collect()
+}
+
+/// The suite every backend must pass.
+async fn contract(store: &Store, blob_dir: &Path) {
+    let blobs = DirBlobs::open(blob_dir).unwrap();
+
+    // Domains: idempotent add, lowercased, validated.
+    assert!(store.add_domain("Example.COM").await.unwrap());
+    assert!(!store.add_domain("example.com").await.unwrap());
+    assert!(store.add_domain("second.test").await.unwrap());
+    assert_eq!(
+        store.list_domains().await.unwrap(),
+        vec!["example.com", "second.test"]
+    );
+    assert!(matches!(
+        store.add_domain("not a domain").await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Users.
+    assert!(matches!(
+        store.add_user("alice@other.org", "pw").await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        store.add_user("no-at-sign", "pw").await,
+        Err(StoreError::Invalid(_))
+    ));
+    store.add_user("Alice@Example.com", "s3cret").await.unwrap();
+    assert!(matches!(
+        store.add_user("alice@example.com", "other").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.add_user("bob@example.com", "hunter2").await.unwrap();
+    store.add_user("carol@second.test", "pw").await.unwrap();
+    assert_eq!(
+        store.list_users().await.unwrap(),
+        vec!["alice@example.com", "bob@example.com", "carol@second.test"]
+    );
+
+    // Lookup.
+    assert_eq!(
+        store.lookup_recipient("ALICE@EXAMPLE.COM").await.unwrap(),
+        Lookup::Local {
+            account: "alice@example.com".into()
+        }
+    );
+    assert_eq!(
+        store.lookup_recipient("nobody@example.com").await.unwrap(),
+        Lookup::UnknownUser
+    );
+    assert_eq!(
+        store
+            .lookup_recipient("someone@elsewhere.net")
+            .await
+            .unwrap(),
+        Lookup::Remote
+    );
+
+    // Authentication.
+    assert_eq!(
+        store
+            .authenticate("alice@example.com", "s3cret")
+            .await
+            .unwrap(),
+        Some("alice@example.com".into())
+    );
+    assert_eq!(
+        store
+            .authenticate("alice@example.com", "wrong")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .authenticate("nobody@example.com", "s3cret")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.authenticate("garbage", "s3cret").await.unwrap(), None);
+
+    // Default folders with SPECIAL-USE.
+    let mailboxes = store.list_mailboxes("alice@example.com").await.unwrap();
+    let names: Vec<&str> = mailboxes.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive"]
+    );
+    let junk = mailboxes.iter().find(|m| m.name == "Junk").unwrap();
+    assert_eq!(junk.attributes, ["\\Junk"]);
+    assert!(mailboxes[0].attributes.is_empty());
+    assert!(matches!(
+        store.list_mailboxes("nobody@example.com").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Deliver and idempotency.
+    let first = b"Subject: one\r\n\r\nhello\r\n".as_slice();
+    let d1 = store
+        .deliver(deliver(
+            "alice@example.com",
+            "",
+            first,
+            "q1/alice@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d1.mailbox.as_str(), d1.uid, d1.duplicate),
+        ("INBOX", 1, false)
+    );
+    let again = store
+        .deliver(deliver(
+            "alice@example.com",
+            "INBOX",
+            b"other bytes",
+            "q1/alice@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!((again.uid, again.duplicate), (1, true));
+    let status = store
+        .select_mailbox("alice@example.com", "inbox")
+        .await
+        .unwrap();
+    assert_eq!((status.exists, status.unseen, status.uid_next), (1, 1, 2));
+    assert!(status.uid_validity > 0);
+    assert!(status.highest_modseq >= d1.modseq);
+    // The duplicate stored no blob.
+    assert!(blobs.get(&sha256_hex(b"other bytes")).await.is_err());
+
+    let junk_delivery = store
+        .deliver(deliver(
+            "alice@example.com",
+            "Junk",
+            b"spam\r\n",
+            "q2/alice@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (junk_delivery.mailbox.as_str(), junk_delivery.uid),
+        ("Junk", 1)
+    );
+    assert!(matches!(
+        store
+            .deliver(deliver("alice@example.com", "NoSuchFolder", b"x", "q3/a"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .deliver(deliver("nobody@example.com", "", b"x", "q4/a"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .fetch_body("alice@example.com", "INBOX", 1)
+            .await
+            .unwrap(),
+        first
+    );
+    assert!(matches!(
+        store.fetch_body("alice@example.com", "INBOX", 99).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Flags with modseq.
+    let (info, changed) = store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            1,
+            FlagMode::Add,
+            &flags(&["\\seen", "$Work"]),
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(info.flags, ["$Work", "\\Seen"]);
+    assert!(info.modseq > d1.modseq);
+    let status2 = store
+        .select_mailbox("alice@example.com", "INBOX")
+        .await
+        .unwrap();
+    assert_eq!(status2.unseen, 0);
+    assert_eq!(status2.highest_modseq, info.modseq);
+    let (same, changed) = store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            1,
+            FlagMode::Add,
+            &flags(&["\\Seen"]),
+        )
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(same.modseq, info.modseq);
+    let (removed, _) = store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            1,
+            FlagMode::Remove,
+            &flags(&["$Work"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed.flags, ["\\Seen"]);
+    let (replaced, _) = store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            1,
+            FlagMode::Replace,
+            &flags(&["\\Flagged"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replaced.flags, ["\\Flagged"]);
+    assert_eq!(
+        store
+            .select_mailbox("alice@example.com", "INBOX")
+            .await
+            .unwrap()
+            .unseen,
+        1
+    );
+    assert!(matches!(
+        store
+            .store_flags(
+                "alice@example.com",
+                "INBOX",
+                1,
+                FlagMode::Add,
+                &flags(&["\\Bogus"])
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Expunge: a blob shared by two messages goes with the last one.
+    let shared = b"Subject: shared\r\n\r\nsame bytes\r\n".as_slice();
+    let shared_id = sha256_hex(shared);
+    let a2 = store
+        .deliver(deliver(
+            "alice@example.com",
+            "INBOX",
+            shared,
+            "q5/alice@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a2.uid, 2);
+    let b1 = store
+        .deliver(deliver(
+            "bob@example.com",
+            "INBOX",
+            shared,
+            "q5/bob@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(b1.uid, 1);
+    let listed = store
+        .list_messages("alice@example.com", "INBOX")
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(listed[1].size, shared.len() as u64);
+
+    // Nothing flagged \Deleted: nothing expunged.
+    let none = store
+        .expunge("alice@example.com", "INBOX", &[])
+        .await
+        .unwrap();
+    assert!(none.uids.is_empty());
+    store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            2,
+            FlagMode::Add,
+            &flags(&["\\Deleted"]),
+        )
+        .await
+        .unwrap();
+    // A UID list restricts the expunge (UID EXPUNGE).
+    assert!(
+        store
+            .expunge("alice@example.com", "INBOX", &[1])
+            .await
+            .unwrap()
+            .uids
+            .is_empty()
+    );
+    let gone = store
+        .expunge("alice@example.com", "INBOX", &[])
+        .await
+        .unwrap();
+    assert_eq!(gone.uids, [2]);
+    assert!(gone.modseq > 0);
+    assert!(
+        blobs.get(&shared_id).await.is_ok(),
+        "bob still refers to the blob"
+    );
+    store
+        .store_flags(
+            "bob@example.com",
+            "INBOX",
+            1,
+            FlagMode::Add,
+            &flags(&["\\Deleted"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .expunge("bob@example.com", "INBOX", &[1])
+            .await
+            .unwrap()
+            .uids,
+        [1]
+    );
+    assert!(
+        blobs.get(&shared_id).await.is_err(),
+        "last reference gone, blob stays"
+    );
+    // UIDs are never reused after an expunge.
+    let a3 = store
+        .deliver(deliver(
+            "alice@example.com",
+            "INBOX",
+            b"third\r\n",
+            "q6/alice@example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a3.uid, 3);
+    // A redelivery after the expunge is still a duplicate.
+    let redelivered = store
+        .deliver(deliver(
+            "bob@example.com",
+            "INBOX",
+            shared,
+            "q5/bob@example.com",
+        ))
+        .await
+        .unwrap();
+    assert!(redelivered.duplicate);
+
+    // Deleting a user takes its messages and their blobs.
+    let carol = store
+        .deliver(deliver(
+            "carol@second.test",
+            "",
+            b"for carol\r\n",
+            "q7/carol@second.test",
+        ))
+        .await
+        .unwrap();
+    assert!(!carol.duplicate);
+    store.delete_user("carol@second.test").await.unwrap();
+    assert!(blobs.get(&sha256_hex(b"for carol\r\n")).await.is_err());
+    assert!(matches!(
+        store.delete_user("carol@second.test").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.lookup_recipient("carol@second.test").await.unwrap(),
+        Lookup::UnknownUser
+    );
+    assert_eq!(
+        store.list_users().await.unwrap(),
+        vec!["alice@example.com", "bob@example.com"]
+    );
+}
+
+/// Two stores on one database ("replicas") deliver 50 messages each into
+/// one mailbox at once: 100 distinct UIDs, 1..=100. Then both deliver the
+/// same idempotency key at once: exactly one stores.
+async fn concurrent_replicas(db: &TestDb) {
+    let a = Arc::new(db.open().await);
+    let b = Arc::new(db.open().await);
+    a.add_domain("example.net").await.unwrap();
+    a.add_user("dora@example.net", "pw").await.unwrap();
+
+    let mut tasks = Vec::new();
+    for (replica, store) in [("a", &a), ("b", &b)] {
+        for i in 0..50 {
+            let store = Arc::clone(store);
+            tasks.push(tokio::spawn(async move {
+                let body = format!("Subject: {replica}{i}\r\n\r\nbody\r\n");
+                let key = format!("{replica}-{i}/dora@example.net");
+                store
+                    .deliver(deliver("dora@example.net", "INBOX", body.as_bytes(), &key))
+                    .await
+                    .map(|d| d.uid)
+            }));
+        }
+    }
+    let mut uids = BTreeSet::new();
+    for task in tasks {
+        let uid = task.await.unwrap().expect("deliver");
+        assert!(uids.insert(uid), "uid {uid} allocated twice");
+    }
+    assert_eq!(uids, (1..=100).collect::<BTreeSet<u32>>());
+    let status = a.select_mailbox("dora@example.net", "INBOX").await.unwrap();
+    assert_eq!((status.exists, status.uid_next), (100, 101));
+
+    let same = |store: Arc<Store>| async move {
+        store
+            .deliver(deliver(
+                "dora@example.net",
+                "INBOX",
+                b"race\r\n",
+                "race/dora@example.net",
+            ))
+            .await
+            .unwrap()
+    };
+    let (x, y) = tokio::join!(same(Arc::clone(&a)), same(Arc::clone(&b)));
+    assert_eq!(x.uid, y.uid);
+    assert!(
+        x.duplicate != y.duplicate,
+        "exactly one stores: {x:?} {y:?}"
+    );
+    assert_eq!(
+        a.select_mailbox("dora@example.net", "INBOX")
+            .await
+            .unwrap()
+            .exists,
+        101
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_contract() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    contract(&store, &db.blob_dir).await;
+    store.close().await;
+    // Reopening applies no migration twice.
+    db.open().await.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_replicas() {
+    let db = TestDb::sqlite();
+    concurrent_replicas(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_contract() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    contract(&store, &db.blob_dir).await;
+    store.close().await;
+    db.open().await.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_replicas() {
+    let db = TestDb::postgres().await;
+    concurrent_replicas(&db).await;
+    db.drop_database().await;
+}
+
+#[test]
+fn database_name_is_replaced() {
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres", "t_x"),
+        "postgres://u@h:1/t_x"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres?sslmode=disable", "t_x"),
+        "postgres://u@h:1/t_x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "t_x"), "postgres://h/t_x");
+}
