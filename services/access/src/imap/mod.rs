@@ -1,0 +1,9 @@
+//! IMAP4rev2 (RFC 9051), answering IMAP4rev1 (RFC 3501) clients too:
+//! [`parser`] turns command bytes into [`parser::Command`]s, [`session`]
+//! runs the state machine, [`response`] encodes what handlers return.
+
+pub mod parser;
+pub mod response;
+pub mod session;
+
+pub use session::serve;

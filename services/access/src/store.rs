@@ -1,0 +1,224 @@
+//! What the sessions need from the mailstore, as one small trait
+//! ([`MailAccess`]), and its production implementation over gRPC
+//! ([`GrpcMailAccess`]). Sessions never see tonic: tests drive them with an
+//! in-memory implementation.
+
+use async_trait::async_trait;
+use mailfleet_proto::mailstore::directory_client::DirectoryClient;
+use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
+use mailfleet_proto::mailstore::{
+    AccountRequest, AuthRequest, ExpungeRequest, MailboxRequest, MessageRequest, StoreFlagsRequest,
+};
+use tonic::transport::Channel;
+
+pub use mailfleet_proto::mailstore::store_flags_request::Mode as FlagMode;
+pub use mailfleet_proto::mailstore::{MailboxInfo, MailboxStatus, MessageInfo};
+
+/// A mailstore call failed. Sessions map [`AccessError::NotFound`] to a
+/// permanent answer (`NO [NONEXISTENT]`, `-ERR no such message`) and the rest
+/// to a transient one (`NO [UNAVAILABLE]`).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("mailstore unavailable: {0}")]
+    Unavailable(String),
+    #[error("mailstore refused: {0}")]
+    Refused(String),
+}
+
+impl From<tonic::Status> for AccessError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::NotFound => AccessError::NotFound(message),
+            tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists => AccessError::Refused(message),
+            _ => AccessError::Unavailable(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// The mailstore as the IMAP and POP3 sessions see it. `account` is the
+/// canonical account name returned by [`MailAccess::authenticate`].
+#[async_trait]
+pub trait MailAccess: Send + Sync + 'static {
+    /// `Ok(Some(account))` when the password is right, `Ok(None)` when not.
+    async fn authenticate(&self, user: &str, password: &str)
+    -> Result<Option<String>, AccessError>;
+    async fn list_mailboxes(&self, account: &str) -> Result<Vec<MailboxInfo>, AccessError>;
+    async fn select(&self, account: &str, mailbox: &str) -> Result<MailboxStatus, AccessError>;
+    /// Every message of the mailbox, in UID order.
+    async fn list_messages(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, AccessError>;
+    async fn fetch_body(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Vec<u8>, AccessError>;
+    /// Changes the flags of one message and returns its new state.
+    async fn store_flags(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+        mode: FlagMode,
+        flags: &[String],
+    ) -> Result<MessageInfo, AccessError>;
+    /// Removes `uids` (every `\Deleted` message when empty); returns the UIDs
+    /// actually removed.
+    async fn expunge(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> Result<Vec<u32>, AccessError>;
+}
+
+/// [`MailAccess`] over the mailstore's gRPC `Directory` and `Mailstore`
+/// services. Clones share one lazily connected channel.
+#[derive(Clone)]
+pub struct GrpcMailAccess {
+    directory: DirectoryClient<Channel>,
+    mailstore: MailstoreClient<Channel>,
+}
+
+impl GrpcMailAccess {
+    /// Connects lazily to `url` (`services.mailstore_url`): the mailstore may
+    /// start after us.
+    pub fn new(url: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = mailfleet_runtime::grpc::lazy_channel(url)?;
+        let max = mailfleet_runtime::grpc::MAX_MESSAGE_BYTES;
+        Ok(GrpcMailAccess {
+            directory: DirectoryClient::new(channel.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            mailstore: MailstoreClient::new(channel)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        })
+    }
+}
+
+#[async_trait]
+impl MailAccess for GrpcMailAccess {
+    async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<String>, AccessError> {
+        let reply = self
+            .directory
+            .clone()
+            .authenticate(AuthRequest {
+                address: user.to_owned(),
+                password: password.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.ok.then_some(reply.account))
+    }
+
+    async fn list_mailboxes(&self, account: &str) -> Result<Vec<MailboxInfo>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .list_mailboxes(AccountRequest {
+                account: account.to_owned(),
+            })
+            .await?;
+        Ok(reply.into_inner().mailboxes)
+    }
+
+    async fn select(&self, account: &str, mailbox: &str) -> Result<MailboxStatus, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .select_mailbox(MailboxRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+            })
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    async fn list_messages(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .list_messages(MailboxRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+            })
+            .await?;
+        Ok(reply.into_inner().messages)
+    }
+
+    async fn fetch_body(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Vec<u8>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .fetch_body(MessageRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                uid,
+            })
+            .await?;
+        Ok(reply.into_inner().message)
+    }
+
+    async fn store_flags(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+        mode: FlagMode,
+        flags: &[String],
+    ) -> Result<MessageInfo, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .store_flags(StoreFlagsRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                uid,
+                mode: mode as i32,
+                flags: flags.to_vec(),
+            })
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    async fn expunge(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> Result<Vec<u32>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .expunge(ExpungeRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                uids: uids.to_vec(),
+            })
+            .await?;
+        Ok(reply.into_inner().expunged_uids)
+    }
+}
