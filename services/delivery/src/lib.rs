@@ -1,1 +1,70 @@
-//! Queue workers: local delivery to mailstore, later MX routing and outbound SMTP.
+//! The `delivery` target: queue workers. It owns what happens to a queue
+//! entry after smtp-edge accepted it: each local recipient is appended to
+//! its mailbox through mailstore's gRPC `Deliver` (Junk on a junk verdict,
+//! else INBOX) with an idempotency key, so a retried entry never stores a
+//! message twice; remote recipients fail for now (MX routing and outbound
+//! SMTP come next). An entry is acknowledged, and its spooled message
+//! deleted, only once no recipient is pending; otherwise it is retried
+//! after `delivery.retry_secs`.
+//!
+//! The routing decisions are pure functions in [`route`].
+
+mod metrics;
+pub mod route;
+mod worker;
+
+use std::sync::Arc;
+
+use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
+use mailfleet_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
+use mailfleet_runtime::{BoxError, CancellationToken, Context};
+use tokio::task::JoinSet;
+
+/// The readiness component this target registers.
+pub const READINESS: &str = "delivery";
+
+/// Runs `delivery.workers` workers until `shutdown`; returns once every
+/// worker has finished the entry it was handling.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), BoxError> {
+    ctx.readiness.register(READINESS);
+    let channel = lazy_channel(&ctx.config.services.mailstore_url)?;
+    let mailstore = MailstoreClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let metrics = {
+        let mut registry = ctx
+            .metrics
+            .lock()
+            .map_err(|_| "metrics registry poisoned")?;
+        metrics::Metrics::register(&mut registry)
+    };
+    // The spool is a local (or shared) directory: failing to open it is a
+    // configuration problem, reported at start. The queue may be a NATS
+    // server that is not up yet, so workers open it (and retry) themselves.
+    ctx.spool().await?;
+
+    let mut workers = JoinSet::new();
+    for id in 0..ctx.config.delivery.workers {
+        let worker = worker::Worker {
+            id,
+            ctx: ctx.clone(),
+            mailstore: mailstore.clone(),
+            metrics: metrics.clone(),
+        };
+        workers.spawn(worker.run(shutdown.clone()));
+    }
+    ctx.readiness.set(READINESS, true);
+    tracing::info!(workers = ctx.config.delivery.workers, mailstore = %ctx.config.services.mailstore_url, "delivery started");
+
+    while let Some(joined) = workers.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "delivery worker panicked");
+        }
+    }
+    ctx.readiness.set(READINESS, false);
+    if !shutdown.is_cancelled() {
+        return Err("every delivery worker stopped before shutdown".into());
+    }
+    tracing::info!("delivery stopped");
+    Ok(())
+}

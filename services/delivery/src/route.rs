@@ -1,0 +1,174 @@
+//! The routing decisions of a delivery attempt, as pure functions: where a
+//! recipient goes, into which mailbox, what mailstore is sent, and whether
+//! a failure is worth retrying.
+
+use mailfleet_proto::filter::Action;
+use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
+use tonic::Code;
+
+/// What a failed remote recipient is told until MX routing exists.
+pub const REMOTE_NOT_IMPLEMENTED: &str = "remote delivery is not implemented yet";
+
+/// Where one recipient of a queue entry goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A local account, into this mailbox.
+    Local {
+        account: &'a str,
+        mailbox: &'static str,
+    },
+    /// Another domain: MX routing (not implemented yet).
+    Remote,
+}
+
+/// smtp-edge resolved the account at RCPT time; an empty account means the
+/// recipient is remote. A junk verdict files local mail into Junk.
+pub fn route(recipient: &Recipient, verdict: i32) -> Route<'_> {
+    if recipient.account.is_empty() {
+        Route::Remote
+    } else {
+        Route::Local {
+            account: &recipient.account,
+            mailbox: mailbox_for(verdict),
+        }
+    }
+}
+
+pub fn mailbox_for(verdict: i32) -> &'static str {
+    if verdict == Action::Junk as i32 {
+        "Junk"
+    } else {
+        "INBOX"
+    }
+}
+
+/// Makes mailstore's append exactly once per (queue entry, recipient).
+pub fn idempotency_key(queue_id: &str, address: &str) -> String {
+    format!("{queue_id}/{address}")
+}
+
+/// The message as stored in the mailbox: `Return-Path:` (RFC 5321 §4.4,
+/// added at final delivery) and `Delivered-To:` before the spooled bytes.
+/// CR and LF are dropped from the envelope values so that they can never
+/// start a header of their own.
+pub fn local_message(mail_from: &str, address: &str, spooled: &[u8]) -> Vec<u8> {
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '\r' && *c != '\n')
+            .collect::<String>()
+    };
+    let header = format!(
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+        clean(mail_from),
+        clean(address)
+    );
+    let mut message = Vec::with_capacity(header.len() + spooled.len());
+    message.extend_from_slice(header.as_bytes());
+    message.extend_from_slice(spooled);
+    message
+}
+
+/// Whether a mailstore error is final for this recipient. A missing account
+/// or a refused request will not change on retry; anything else (mailstore
+/// down, database unavailable, deadline) may.
+pub fn is_permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition
+    )
+}
+
+pub fn is_pending(recipient: &Recipient) -> bool {
+    recipient.status == RecipientStatus::Pending as i32
+}
+
+/// True when no recipient is left to try: the entry can be acknowledged.
+pub fn is_done(entry: &QueueEntry) -> bool {
+    !entry.recipients.iter().any(is_pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipient(address: &str, account: &str, status: RecipientStatus) -> Recipient {
+        Recipient {
+            address: address.into(),
+            account: account.into(),
+            status: status as i32,
+            last_error: String::new(),
+        }
+    }
+
+    #[test]
+    fn local_recipients_go_to_inbox_or_junk() {
+        let r = recipient(
+            "Bob@Example.com",
+            "bob@example.com",
+            RecipientStatus::Pending,
+        );
+        assert_eq!(
+            route(&r, Action::Accept as i32),
+            Route::Local {
+                account: "bob@example.com",
+                mailbox: "INBOX"
+            }
+        );
+        assert_eq!(
+            route(&r, Action::Junk as i32),
+            Route::Local {
+                account: "bob@example.com",
+                mailbox: "Junk"
+            }
+        );
+    }
+
+    #[test]
+    fn recipients_without_account_are_remote() {
+        let r = recipient("x@elsewhere.net", "", RecipientStatus::Pending);
+        assert_eq!(route(&r, Action::Accept as i32), Route::Remote);
+        assert_eq!(route(&r, Action::Junk as i32), Route::Remote);
+    }
+
+    #[test]
+    fn key_and_headers() {
+        assert_eq!(
+            idempotency_key("0190-ab", "bob@example.com"),
+            "0190-ab/bob@example.com"
+        );
+        let m = local_message("alice@x.org", "bob@example.com", b"Subject: hi\r\n\r\nbody");
+        assert_eq!(
+            m,
+            b"Return-Path: <alice@x.org>\r\nDelivered-To: bob@example.com\r\nSubject: hi\r\n\r\nbody"
+        );
+        let null_sender = local_message("", "bob@example.com", b"");
+        assert!(null_sender.starts_with(b"Return-Path: <>\r\n"));
+        let injected = local_message("a@x\r\nBcc: evil", "b@y", b"");
+        assert_eq!(
+            injected,
+            b"Return-Path: <a@xBcc: evil>\r\nDelivered-To: b@y\r\n"
+        );
+    }
+
+    #[test]
+    fn done_when_nothing_pending() {
+        let mut entry = QueueEntry {
+            recipients: vec![
+                recipient("a@x", "a@x", RecipientStatus::Delivered),
+                recipient("b@y", "", RecipientStatus::Pending),
+            ],
+            ..QueueEntry::default()
+        };
+        assert!(!is_done(&entry));
+        entry.recipients[1].status = RecipientStatus::Failed as i32;
+        assert!(is_done(&entry));
+    }
+
+    #[test]
+    fn transient_and_permanent_errors() {
+        assert!(!is_permanent(Code::Unavailable));
+        assert!(!is_permanent(Code::Internal));
+        assert!(!is_permanent(Code::DeadlineExceeded));
+        assert!(is_permanent(Code::NotFound));
+    }
+}
