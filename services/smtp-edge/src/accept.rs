@@ -1,0 +1,340 @@
+//! The production [`Acceptor`]: at the end of DATA, ask the filter for a
+//! verdict, prepend the verdict's headers and `Received:`, spool the blob,
+//! enqueue the entry. DESIGN.md: `250` only after both are durable.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use mailfleet_proto::filter::filter_client::FilterClient;
+use mailfleet_proto::filter::{Action, CheckRequest, Header, Verdict};
+use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
+use mailfleet_runtime::Context;
+use std::sync::Arc;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::session::{AcceptError, Acceptor, Envelope};
+
+/// How long the end of DATA waits for a verdict. RFC 5321 §4.5.3.2.7: the
+/// client waits 10 minutes for the reply; stay well inside it.
+const FILTER_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct QueueAcceptor {
+    ctx: Arc<Context>,
+    filter: FilterClient<Channel>,
+}
+
+impl QueueAcceptor {
+    /// An acceptor with a lazy channel to `services.filter_url`.
+    pub fn new(ctx: Arc<Context>) -> Result<Self, tonic::transport::Error> {
+        let channel = mailfleet_runtime::grpc::lazy_channel(&ctx.config.services.filter_url)?;
+        let filter = FilterClient::new(channel)
+            .max_encoding_message_size(mailfleet_runtime::grpc::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(mailfleet_runtime::grpc::MAX_MESSAGE_BYTES);
+        Ok(QueueAcceptor { ctx, filter })
+    }
+
+    async fn verdict(&self, envelope: &Envelope, message: &[u8]) -> Result<Verdict, AcceptError> {
+        let mut request = tonic::Request::new(CheckRequest {
+            client_ip: envelope.client_ip.to_string(),
+            helo: envelope.helo.clone(),
+            mail_from: envelope.mail_from.clone(),
+            rcpt_to: envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect(),
+            authenticated: false,
+            message: message.to_vec(),
+        });
+        request.set_timeout(FILTER_TIMEOUT);
+        let verdict = self
+            .filter
+            .clone()
+            .check(request)
+            .await
+            .map_err(|status| AcceptError::FilterUnavailable(status.to_string()))?
+            .into_inner();
+        match verdict.action() {
+            Action::Accept | Action::Junk => Ok(verdict),
+            Action::Reject => Err(AcceptError::Rejected {
+                code: u16::try_from(verdict.smtp_code).unwrap_or(550),
+                enhanced: verdict.enhanced_code,
+                reason: verdict.reason,
+            }),
+            Action::Tempfail => Err(AcceptError::Deferred {
+                reason: verdict.reason,
+            }),
+        }
+    }
+
+    async fn store(
+        &self,
+        id: &str,
+        envelope: &Envelope,
+        message: &[u8],
+        verdict: &Verdict,
+    ) -> Result<(), AcceptError> {
+        let storage =
+            |e: mailfleet_runtime::backend::BackendError| AcceptError::Storage(e.to_string());
+        let now = SystemTime::now();
+        let mut blob = Vec::with_capacity(message.len() + 512);
+        for header in &verdict.headers {
+            push_header(&mut blob, header);
+        }
+        blob.extend_from_slice(received(id, envelope, &self.ctx.config.hostname, now).as_bytes());
+        blob.extend_from_slice(message);
+
+        let spool = self.ctx.spool().await.map_err(storage)?;
+        let blob_id = spool.put(&blob).await.map_err(storage)?;
+        let entry = QueueEntry {
+            id: id.to_owned(),
+            mail_from: envelope.mail_from.clone(),
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: r.address.clone(),
+                    account: r.account.clone(),
+                    status: RecipientStatus::Pending as i32,
+                    last_error: String::new(),
+                })
+                .collect(),
+            blob: blob_id,
+            size: blob.len() as u64,
+            received_at_ms: now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default(),
+            verdict: verdict.action,
+            message_id: header_value(message, "Message-ID").unwrap_or_default(),
+            traceparent: String::new(),
+            attempts: 0,
+        };
+        let queue = self.ctx.queue().await.map_err(storage)?;
+        // The blob may stay behind if this fails: the spool is
+        // content-addressed, and an orphan costs space, never a message.
+        queue.enqueue(&entry).await.map_err(storage)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acceptor for QueueAcceptor {
+    async fn accept(&self, envelope: &Envelope, message: Vec<u8>) -> Result<String, AcceptError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("message", queue_id = %id);
+        async {
+            let verdict = self.verdict(envelope, &message).await?;
+            tracing::debug!(action = verdict.action, score = verdict.score, "verdict");
+            self.store(&id, envelope, &message, &verdict).await?;
+            Ok(id.clone())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// `Name: value` CRLF, with CR/LF in the value flattened so a verdict can
+/// never inject a header; a malformed name is dropped.
+fn push_header(out: &mut Vec<u8>, header: &Header) {
+    // RFC 5322 §2.2: printable US-ASCII except colon.
+    let name_ok = !header.name.is_empty()
+        && header
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b':');
+    if !name_ok {
+        tracing::warn!(name = %header.name, "verdict header with an invalid name dropped");
+        return;
+    }
+    let value: String = header
+        .value
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    out.extend_from_slice(format!("{}: {}\r\n", header.name, value.trim()).as_bytes());
+}
+
+/// RFC 5321 §4.4 trace header:
+/// `Received: from <helo> ([<ip>]) by <host> (Mailfleet) with ESMTP id <id>; <date>`.
+pub fn received(id: &str, envelope: &Envelope, hostname: &str, now: SystemTime) -> String {
+    let helo = if envelope.helo.is_empty() {
+        "unknown".to_owned()
+    } else {
+        envelope
+            .helo
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect()
+    };
+    let ip = match envelope.client_ip {
+        std::net::IpAddr::V4(ip) => format!("[{ip}]"),
+        // RFC 5321 §4.1.3: IPv6 address literals carry a tag.
+        std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
+    };
+    let protocol = if envelope.esmtp { "ESMTP" } else { "SMTP" };
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    format!(
+        "Received: from {helo} ({ip})\r\n\tby {hostname} (Mailfleet) with {protocol} id {id};\r\n\t{}\r\n",
+        rfc5322_date(secs)
+    )
+}
+
+/// RFC 5322 §3.3 date-time in UTC: `Tue, 1 Jul 2003 10:52:37 +0000`.
+pub fn rfc5322_date(unix_secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[days.rem_euclid(7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The unfolded value of the first header `name` in the message's header
+/// section (RFC 5322 §2.2.3), trimmed; `None` if absent.
+pub fn header_value(message: &[u8], name: &str) -> Option<String> {
+    let mut lines = message
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            return None; // end of the header section
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(name.as_bytes())
+        {
+            continue;
+        }
+        let mut value = line[colon + 1..].to_vec();
+        // Continuation lines start with whitespace.
+        for next in lines.by_ref() {
+            if next.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                value.extend_from_slice(next);
+            } else {
+                break;
+            }
+        }
+        let value = String::from_utf8_lossy(&value).trim().to_owned();
+        return Some(value);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Recipient;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_057_056_757),
+            "Tue, 1 Jul 2003 10:52:37 +0000"
+        );
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_767_225_599),
+            "Wed, 31 Dec 2025 23:59:59 +0000"
+        );
+    }
+
+    #[test]
+    fn message_id_is_found_unfolded_and_only_in_headers() {
+        let msg = b"Subject: x\r\nmessage-id:\r\n <abc@example.org>\r\nTo: y\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(
+            header_value(msg, "Message-ID").as_deref(),
+            Some("<abc@example.org>")
+        );
+        assert_eq!(
+            header_value(b"Subject: x\r\n\r\nMessage-ID: <b@x>\r\n", "Message-ID"),
+            None
+        );
+        assert_eq!(header_value(b"", "Message-ID"), None);
+    }
+
+    #[test]
+    fn received_header() {
+        let envelope = Envelope {
+            session_id: "s".into(),
+            client_ip: "192.0.2.1".parse().unwrap(),
+            helo: "client.example (evil)\r\n".into(),
+            esmtp: true,
+            mail_from: "a@client.example".into(),
+            recipients: vec![Recipient {
+                address: "alice@example.org".into(),
+                account: "alice@example.org".into(),
+            }],
+        };
+        let header = received(
+            "0190-id",
+            &envelope,
+            "mx.example.org",
+            UNIX_EPOCH + Duration::from_secs(1_057_056_757),
+        );
+        assert_eq!(
+            header,
+            "Received: from client.example??evil??? ([192.0.2.1])\r\n\tby mx.example.org (Mailfleet) with ESMTP id 0190-id;\r\n\tTue, 1 Jul 2003 10:52:37 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn verdict_headers_cannot_inject() {
+        let mut out = Vec::new();
+        push_header(
+            &mut out,
+            &Header {
+                name: "X-Spam-Status".into(),
+                value: "No\r\nBcc: victim@example.org".into(),
+            },
+        );
+        push_header(
+            &mut out,
+            &Header {
+                name: "Bad Name:".into(),
+                value: "x".into(),
+            },
+        );
+        assert_eq!(out, b"X-Spam-Status: No  Bcc: victim@example.org\r\n");
+    }
+}

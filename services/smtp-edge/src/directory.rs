@@ -1,0 +1,55 @@
+//! [`RecipientLookup`] over gRPC: `Directory.LookupRecipient` of mailstore.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailfleet_proto::mailstore::LookupRequest;
+use mailfleet_proto::mailstore::directory_client::DirectoryClient;
+use mailfleet_proto::mailstore::lookup_reply::Kind;
+use tonic::transport::Channel;
+
+use crate::session::{Lookup, LookupError, RecipientLookup};
+
+/// How long RCPT waits for the directory before answering 451.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct DirectoryLookup {
+    client: DirectoryClient<Channel>,
+}
+
+impl DirectoryLookup {
+    /// A lookup on a lazy channel to `mailstore_url`: the directory may
+    /// start after smtp-edge; until then RCPT answers 451.
+    pub fn new(mailstore_url: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = mailfleet_runtime::grpc::lazy_channel(mailstore_url)?;
+        Ok(DirectoryLookup {
+            client: DirectoryClient::new(channel),
+        })
+    }
+}
+
+#[async_trait]
+impl RecipientLookup for DirectoryLookup {
+    async fn lookup(&self, address: &str) -> Result<Lookup, LookupError> {
+        let mut request = tonic::Request::new(LookupRequest {
+            address: address.to_owned(),
+        });
+        request.set_timeout(LOOKUP_TIMEOUT);
+        let reply = self
+            .client
+            .clone()
+            .lookup_recipient(request)
+            .await
+            .map_err(|status| LookupError(status.to_string()))?
+            .into_inner();
+        // An unknown kind decodes as REMOTE: refused, never relayed.
+        Ok(match reply.kind() {
+            Kind::Local => Lookup::Local {
+                account: reply.account,
+            },
+            Kind::UnknownUser => Lookup::UnknownUser,
+            Kind::Remote => Lookup::Remote,
+        })
+    }
+}

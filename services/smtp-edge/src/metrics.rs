@@ -1,0 +1,70 @@
+//! Prometheus metrics of smtp-edge, registered in the process registry
+//! (`ctx.metrics`, prefix `mailfleet_`).
+
+use mailfleet_runtime::Context;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+type Labels = [(&'static str, &'static str); 1];
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Connections by result: `accepted`, `over_limit`.
+    connections: Family<Labels, Counter>,
+    /// Sessions open now.
+    sessions: Gauge,
+    /// Transactions ended at end of DATA, by result: `queued`, `rejected`,
+    /// `deferred`, `error`, `too_big`, `bare_lf`.
+    transactions: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(ctx: &Context) -> Metrics {
+        let metrics = Metrics::default();
+        let mut registry = ctx.metrics.lock().expect("metrics lock");
+        registry.register(
+            "smtp_connections",
+            "SMTP connections by result",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "smtp_sessions_open",
+            "SMTP sessions open now",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "smtp_transactions",
+            "SMTP transactions ended at end of DATA, by result",
+            metrics.transactions.clone(),
+        );
+        metrics
+    }
+
+    pub fn connection(&self, result: &'static str) {
+        self.connections.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn transaction(&self, result: &'static str) {
+        self.transactions.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// Counts an open session until the guard is dropped.
+    pub fn session_guard(&self) -> SessionGuard {
+        self.sessions.inc();
+        SessionGuard(self.sessions.clone())
+    }
+
+    /// For tests: the count of one transaction result.
+    pub fn transactions_with(&self, result: &'static str) -> u64 {
+        self.transactions.get_or_create(&[("result", result)]).get()
+    }
+}
+
+pub struct SessionGuard(Gauge);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

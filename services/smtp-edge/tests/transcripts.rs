@@ -1,0 +1,197 @@
+//! Session tests over an in-memory stream, written as dialog transcripts
+//! in `tests/transcripts/*.txt` (chasquid's habit).
+//!
+//! Format, one directive per line:
+//! - `# ...` comment; blank lines are ignored.
+//! - `!key value` sets a session limit before the dialog starts:
+//!   `max_recipients`, `max_message_size`, `max_line_length`, `max_errors`,
+//!   `rate_limit` (messages per IP per minute).
+//! - `C: text` the client sends `text` CRLF; `C~ text` sends `text` with no
+//!   CRLF added. Escapes: `\r`, `\n`, `\\`, and `{c*N}` for N times `c`.
+//!   Consecutive client lines go out in one write (pipelining).
+//! - `S: text` the server's next reply line is exactly `text` (a trailing
+//!   `...` matches any rest); `S: <closed>` the server closed.
+//! - `A: text` the last accepted message is exactly `text` (escapes apply).
+//! - `R: a,b` the last accepted message went to recipients a and b.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailfleet_runtime::CancellationToken;
+use mailfleet_smtp_edge::Metrics;
+use mailfleet_smtp_edge::session::{Session, serve};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use common::TestAcceptor;
+
+/// Expands `\r`, `\n`, `\\` and `{c*N}`.
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if i + 1 < bytes.len() => {
+                out.push(match bytes[i + 1] {
+                    b'r' => b'\r',
+                    b'n' => b'\n',
+                    other => other,
+                });
+                i += 2;
+            }
+            b'{' => {
+                let end = text[i..].find('}').map(|e| i + e).expect("unclosed {");
+                let (c, n) = text[i + 1..end].split_once('*').expect("{c*N}");
+                let n: usize = n.parse().expect("repeat count");
+                for _ in 0..n {
+                    out.extend_from_slice(c.as_bytes());
+                }
+                i = end + 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+async fn run_transcript(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let mut config = common::config();
+    let acceptor = Arc::new(TestAcceptor::default());
+    let mut services = common::services(acceptor.clone());
+    services.counters = None;
+
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(setting) = line.strip_prefix('!') {
+            let (key, value) = setting.split_once(' ').expect("!key value");
+            let value: u64 = value.trim().parse().expect("numeric setting");
+            match key {
+                "max_recipients" => config.max_recipients = value as usize,
+                "max_message_size" => config.max_message_size = value,
+                "max_line_length" => config.max_line_length = value as usize,
+                "max_errors" => config.max_errors = value as u32,
+                "rate_limit" => {
+                    config.messages_per_ip_per_minute = value;
+                    services.counters = Some(Arc::new(common::TestCounters::default()));
+                }
+                other => panic!("{name}:{n}: unknown setting {other}"),
+            }
+            continue;
+        }
+        let (kind, rest) = line.split_at(2);
+        let rest = rest.strip_prefix(' ').unwrap_or(rest);
+        steps.push((n, kind.to_owned(), rest.to_owned()));
+    }
+
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let session = Session::new(
+        Arc::new(config),
+        services,
+        Metrics::default(),
+        "test".into(),
+        "192.0.2.1".parse().unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(server, session, shutdown));
+    let (read, mut write) = tokio::io::split(client);
+    let mut read = BufReader::new(read);
+
+    let mut pending = Vec::new();
+    for (n, kind, rest) in steps {
+        let here = format!("{name}:{n}");
+        if kind != "C:" && kind != "C~" && !pending.is_empty() {
+            write
+                .write_all(&pending)
+                .await
+                .unwrap_or_else(|e| panic!("{here}: cannot send: {e}"));
+            pending.clear();
+        }
+        match kind.as_str() {
+            "C:" => {
+                pending.extend(unescape(&rest));
+                pending.extend_from_slice(b"\r\n");
+            }
+            "C~" => pending.extend(unescape(&rest)),
+            "S:" => {
+                let mut got = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), read.read_until(b'\n', &mut got))
+                    .await
+                    .unwrap_or_else(|_| panic!("{here}: no reply, expected {rest:?}"))
+                    .unwrap();
+                let got = String::from_utf8(got).unwrap();
+                if rest == "<closed>" {
+                    assert_eq!(got, "", "{here}: expected the server to close");
+                    continue;
+                }
+                let line = got
+                    .strip_suffix("\r\n")
+                    .unwrap_or_else(|| panic!("{here}: reply {got:?} not CRLF-terminated"));
+                match rest.strip_suffix("...") {
+                    Some(prefix) => assert!(line.starts_with(prefix), "{here}: got {line:?}"),
+                    None => assert_eq!(line, rest, "{here}"),
+                }
+            }
+            "A:" => {
+                let accepted = acceptor.accepted.lock().unwrap();
+                let (_, message) = accepted.last().expect("a message was accepted");
+                assert_eq!(
+                    String::from_utf8_lossy(message),
+                    String::from_utf8_lossy(&unescape(&rest)),
+                    "{here}"
+                );
+            }
+            "R:" => {
+                let accepted = acceptor.accepted.lock().unwrap();
+                let (envelope, _) = accepted.last().expect("a message was accepted");
+                let got: Vec<&str> = envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.as_str())
+                    .collect();
+                assert_eq!(got.join(","), rest, "{here}");
+            }
+            other => panic!("{here}: unknown directive {other:?}"),
+        }
+    }
+    if !pending.is_empty() {
+        write.write_all(&pending).await.unwrap();
+    }
+    drop(write);
+    drop(read);
+    // Whatever the dialog, the session ends and never panics.
+    let _ = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap_or_else(|_| panic!("{name}: session did not end"))
+        .expect("session task panicked");
+}
+
+#[tokio::test]
+async fn transcripts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "transcripts missing in {}",
+        dir.display()
+    );
+    for file in files {
+        run_transcript(&file).await;
+    }
+}
