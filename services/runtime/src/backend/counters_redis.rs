@@ -1,14 +1,57 @@
-//! STUB — to be implemented.
+//! Cluster rate-limit counters in Redis, shared by every replica: one key per
+//! (key, window) named `mailfleet:rl:{key}:{window_index}`, with windows
+//! aligned on the unix epoch like [`super::MemoryCounters`].
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tracing::debug;
+
+use super::counters_memory::{now_ms, window_ms};
 use super::*;
-pub struct RedisCounters;
+
+/// INCR and set the expiry on the first hit in one step, so a crash between
+/// the two can never leave a counter that never expires.
+const HIT_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+";
+
+pub struct RedisCounters {
+    /// Reconnects by itself; cheap to clone per call.
+    connection: ConnectionManager,
+    script: Script,
+}
+
 impl RedisCounters {
-    pub async fn connect(_url: &str) -> Result<Self> {
-        todo!()
+    pub async fn connect(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client).await?;
+        debug!("redis counters connected");
+        Ok(RedisCounters {
+            connection,
+            script: Script::new(HIT_SCRIPT),
+        })
     }
 }
+
 #[async_trait]
 impl Counters for RedisCounters {
-    async fn hit(&self, _key: &str, _window: Duration) -> Result<u64> {
-        todo!()
+    async fn hit(&self, key: &str, window: Duration) -> Result<u64> {
+        let window_ms = window_ms(window)?;
+        let index = now_ms() / window_ms;
+        let name = format!("mailfleet:rl:{key}:{index}");
+        // The key is only hit during its window, so living one window
+        // length from its first hit is enough.
+        let mut connection = self.connection.clone();
+        let count: u64 = self
+            .script
+            .key(name)
+            .arg(window_ms)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(count)
     }
 }

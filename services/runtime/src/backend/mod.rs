@@ -29,7 +29,7 @@ pub use counters_memory::MemoryCounters;
 pub use counters_redis::RedisCounters;
 pub use events_local::LocalEvents;
 pub use events_nats::NatsEvents;
-pub use queue_jetstream::JetStreamQueue;
+pub use queue_jetstream::{JetStreamOptions, JetStreamQueue, NOT_BEFORE_HEADER};
 pub use queue_sqlite::SqliteQueue;
 
 /// A backend failed: the operation may be retried, nothing was half done
@@ -56,6 +56,9 @@ pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 /// A queue entry taken by one worker. Until it is acked or retried, no other
 /// worker gets it; if the worker dies, the lease runs out and it comes back.
+/// An ack or retry after the lease ran out may reach an entry another worker
+/// holds by then: it is ignored with a warning (SQLite) or leaves a duplicate
+/// (JetStream). Either way the entry is delivered at least once, never lost.
 #[derive(Debug)]
 pub struct Leased {
     pub entry: QueueEntry,

@@ -1,0 +1,474 @@
+//! One contract suite per backend concern, run against both implementations,
+//! so that single node and cluster behave the same (DESIGN.md, "Two ways to
+//! run, one code path").
+//!
+//! The cluster implementations need real servers:
+//! `MAILFLEET_TEST_NATS_URL` (NATS with JetStream) and
+//! `MAILFLEET_TEST_REDIS_URL`. A missing variable fails the test: a suite
+//! that silently skips proves nothing. Every test uses names of its own
+//! (uuid), so parallel runs against one server do not collide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use mailfleet_proto::queue::{MailboxEvent, QueueEntry, Recipient, mailbox_event};
+use mailfleet_runtime::backend::{
+    BackendError, BlobStore, Counters, DirBlobs, Events, JetStreamOptions, JetStreamQueue,
+    LocalEvents, MemoryCounters, NOT_BEFORE_HEADER, NatsEvents, Queue, RedisCounters, SqliteQueue,
+};
+use tokio::time::{Instant, timeout};
+
+/// Short, so lease expiry is testable; JetStream gets it as the ack wait.
+const LEASE: Duration = Duration::from_secs(1);
+/// Timers of the servers are not exact; bounds allow this much early.
+const SLACK: Duration = Duration::from_millis(150);
+
+fn nats_url() -> String {
+    std::env::var("MAILFLEET_TEST_NATS_URL").unwrap_or_else(|_| {
+        panic!(
+            "MAILFLEET_TEST_NATS_URL is not set: the cluster contract tests need a NATS \
+             server with JetStream, e.g. MAILFLEET_TEST_NATS_URL=nats://127.0.0.1:4222"
+        )
+    })
+}
+
+fn redis_url() -> String {
+    std::env::var("MAILFLEET_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "MAILFLEET_TEST_REDIS_URL is not set: the cluster contract tests need a Redis \
+             server, e.g. MAILFLEET_TEST_REDIS_URL=redis://127.0.0.1:6379"
+        )
+    })
+}
+
+fn unique() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn entry(tag: &str) -> QueueEntry {
+    QueueEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        mail_from: format!("{tag}@sender.example"),
+        recipients: vec![Recipient {
+            address: "rcpt@example.org".into(),
+            account: "rcpt@example.org".into(),
+            ..Default::default()
+        }],
+        blob: "ab".repeat(32),
+        size: 42,
+        received_at_ms: 1_700_000_000_000,
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        ..Default::default()
+    }
+}
+
+async fn take(queue: &dyn Queue, wait: Duration) -> Option<mailfleet_runtime::backend::Leased> {
+    queue.take(wait, LEASE).await.expect("take")
+}
+
+// ---------------------------------------------------------------- queue
+
+async fn queue_contract(queue: Arc<dyn Queue>) {
+    let q = queue.as_ref();
+
+    // Empty: take waits the whole `wait`, then gives nothing.
+    assert_eq!(q.depth().await.unwrap(), 0);
+    let started = Instant::now();
+    assert!(take(q, Duration::from_millis(400)).await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(400) - SLACK);
+
+    // Enqueue, take, ack.
+    let first = entry("first");
+    q.enqueue(&first).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 1);
+    let leased = take(q, Duration::from_secs(2)).await.expect("entry due");
+    assert_eq!(leased.entry, first);
+    // Leased: nobody else gets it.
+    assert!(take(q, Duration::from_millis(300)).await.is_none());
+    q.ack(leased).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 0);
+    assert!(take(q, Duration::from_millis(300)).await.is_none());
+
+    // A waiting taker gets an entry enqueued while it waits.
+    let late = entry("late");
+    let (taken, ()) = tokio::join!(take(q, Duration::from_secs(3)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        q.enqueue(&late).await.unwrap();
+    });
+    let taken = taken.expect("entry enqueued during the wait");
+    assert_eq!(taken.entry, late);
+    q.ack(taken).await.unwrap();
+
+    // Order: oldest first.
+    let (a, b) = (entry("a"), entry("b"));
+    q.enqueue(&a).await.unwrap();
+    q.enqueue(&b).await.unwrap();
+    let la = take(q, Duration::from_secs(2)).await.unwrap();
+    let lb = take(q, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((&la.entry, &lb.entry), (&a, &b));
+    q.ack(la).await.unwrap();
+    q.ack(lb).await.unwrap();
+
+    // Two concurrent takers, one entry: exactly one gets it.
+    let single = entry("single");
+    q.enqueue(&single).await.unwrap();
+    let (x, y) = tokio::join!(
+        take(q, Duration::from_millis(800)),
+        take(q, Duration::from_millis(800))
+    );
+    let winner = match (x, y) {
+        (Some(l), None) | (None, Some(l)) => l,
+        (x, y) => panic!(
+            "one entry given to {} takers",
+            usize::from(x.is_some()) + usize::from(y.is_some())
+        ),
+    };
+    assert_eq!(winner.entry, single);
+    q.ack(winner).await.unwrap();
+
+    // A lease that runs out gives the entry back.
+    let orphan = entry("orphan");
+    q.enqueue(&orphan).await.unwrap();
+    let leased_at = Instant::now();
+    let abandoned = take(q, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(abandoned.entry, orphan);
+    let again = take(q, LEASE * 5)
+        .await
+        .expect("entry back after its lease");
+    assert!(
+        leased_at.elapsed() >= LEASE - SLACK,
+        "given back before the lease ran out"
+    );
+    assert_eq!(again.entry, orphan);
+    drop(abandoned);
+    q.ack(again).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 0);
+
+    // Retry with a delay: the updated entry, and not before the delay.
+    let original = entry("retried");
+    q.enqueue(&original).await.unwrap();
+    let leased = take(q, Duration::from_secs(2)).await.unwrap();
+    let mut updated = original.clone();
+    updated.attempts = 1;
+    updated.recipients[0].last_error = "451 4.7.1 try later".into();
+    let delay = Duration::from_millis(1500);
+    let retried_at = Instant::now();
+    q.retry(leased, &updated, delay).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 1);
+    assert!(
+        take(q, Duration::from_millis(500)).await.is_none(),
+        "taken before its delay"
+    );
+    let due = take(q, Duration::from_secs(5))
+        .await
+        .expect("retried entry after its delay");
+    assert!(
+        retried_at.elapsed() >= delay - SLACK,
+        "taken before its delay"
+    );
+    assert_eq!(due.entry, updated);
+
+    // Retry without delay: due at once.
+    let mut again = updated.clone();
+    again.attempts = 2;
+    q.retry(due, &again, Duration::ZERO).await.unwrap();
+    let now = take(q, Duration::from_secs(2))
+        .await
+        .expect("retried without delay");
+    assert_eq!(now.entry, again);
+    q.ack(now).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_queue_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open(&dir.path().join("queue.db"))
+        .await
+        .unwrap();
+    queue_contract(Arc::new(queue)).await;
+}
+
+#[tokio::test]
+async fn jetstream_queue_contract() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    queue_contract(Arc::new(queue)).await;
+    delete_stream(&options.stream).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_keeps_entries_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let kept = entry("kept");
+    {
+        let queue = SqliteQueue::open(&path).await.unwrap();
+        queue.enqueue(&kept).await.unwrap();
+        // Repeating an enqueue does not queue the entry twice.
+        queue.enqueue(&kept).await.unwrap();
+    }
+    let queue = SqliteQueue::open(&path).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    let leased = take(&queue, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(leased.entry, kept);
+}
+
+#[tokio::test]
+async fn jetstream_publishes_traceparent_and_not_before_headers() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    let first = entry("traced");
+    queue.enqueue(&first).await.unwrap();
+    let leased = take(&queue, Duration::from_secs(2)).await.unwrap();
+    queue
+        .retry(leased, &first, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&options.stream).await.unwrap();
+    // Sequence 1 was acked away by the retry; 2 is its new state.
+    let message = stream.get_raw_message(2).await.unwrap();
+    let headers = message.headers;
+    assert_eq!(
+        headers.get("traceparent").map(|v| v.as_str()),
+        Some(first.traceparent.as_str())
+    );
+    let not_before: i64 = headers
+        .get(NOT_BEFORE_HEADER)
+        .expect("not-before header")
+        .as_str()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now + 50_000..=now + 61_000).contains(&not_before));
+    delete_stream(&options.stream).await;
+}
+
+fn test_stream() -> JetStreamOptions {
+    let id = unique();
+    JetStreamOptions {
+        stream: format!("MAILFLEET_TEST_{id}"),
+        subject: format!("mailfleet.test.{id}.entries"),
+        consumer: "delivery".into(),
+        ack_wait: Some(LEASE),
+    }
+}
+
+async fn delete_stream(name: &str) {
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(name).await.unwrap();
+}
+
+// ---------------------------------------------------------------- events
+
+async fn events_contract(events: Arc<dyn Events>) {
+    let run = unique();
+    let alice = format!("alice.{run}@example.org");
+    let bob = format!("bob.{run}@example.org");
+    let mut alice_events = events.subscribe(&alice).await.unwrap();
+    let mut bob_events = events.subscribe(&bob).await.unwrap();
+
+    let for_alice = MailboxEvent {
+        account: alice.clone(),
+        mailbox: "INBOX".into(),
+        kind: mailbox_event::Kind::Appended as i32,
+        uid: 7,
+        modseq: 12,
+    };
+    events.publish(&for_alice).await.unwrap();
+    let seen = timeout(Duration::from_secs(2), alice_events.next())
+        .await
+        .expect("alice's subscriber sees alice's event")
+        .expect("stream open");
+    assert_eq!(seen, for_alice);
+
+    let for_bob = MailboxEvent {
+        account: bob.clone(),
+        mailbox: "Junk".into(),
+        kind: mailbox_event::Kind::Expunged as i32,
+        uid: 3,
+        modseq: 4,
+    };
+    events.publish(&for_bob).await.unwrap();
+    // Bob's first event is his own: alice's never reached him.
+    let seen = timeout(Duration::from_secs(2), bob_events.next())
+        .await
+        .expect("bob's subscriber sees bob's event")
+        .expect("stream open");
+    assert_eq!(seen, for_bob);
+    // And alice does not see bob's.
+    assert!(
+        timeout(Duration::from_millis(300), alice_events.next())
+            .await
+            .is_err(),
+        "alice's subscriber saw another account's event"
+    );
+}
+
+#[tokio::test]
+async fn local_events_contract() {
+    events_contract(Arc::new(LocalEvents::new())).await;
+}
+
+#[tokio::test]
+async fn nats_events_contract() {
+    let events = NatsEvents::connect(&nats_url()).await.unwrap();
+    events_contract(Arc::new(events)).await;
+}
+
+// ---------------------------------------------------------------- counters
+
+async fn counters_contract(counters: Arc<dyn Counters>) {
+    let window = Duration::from_secs(1);
+    let (key, other) = (format!("ip:{}", unique()), format!("ip:{}", unique()));
+
+    // Start early in a window, so the hits below all fall inside it.
+    sleep_into_next_window(window).await;
+    assert_eq!(counters.hit(&key, window).await.unwrap(), 1);
+    assert_eq!(counters.hit(&key, window).await.unwrap(), 2);
+    assert_eq!(counters.hit(&key, window).await.unwrap(), 3);
+    assert_eq!(counters.hit(&other, window).await.unwrap(), 1);
+    // Another window length is another counter.
+    assert_eq!(counters.hit(&key, window * 60).await.unwrap(), 1);
+
+    sleep_into_next_window(window).await;
+    assert_eq!(counters.hit(&key, window).await.unwrap(), 1);
+
+    assert!(counters.hit(&key, Duration::ZERO).await.is_err());
+}
+
+/// Sleeps until just after the start of the next window (windows are aligned
+/// on the unix epoch).
+async fn sleep_into_next_window(window: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into = now.as_millis() % window.as_millis();
+    let left = window.as_millis() - into;
+    tokio::time::sleep(Duration::from_millis(left as u64 + 20)).await;
+}
+
+#[tokio::test]
+async fn memory_counters_contract() {
+    counters_contract(Arc::new(MemoryCounters::new())).await;
+}
+
+#[tokio::test]
+async fn redis_counters_contract() {
+    let counters = RedisCounters::connect(&redis_url()).await.unwrap();
+    counters_contract(Arc::new(counters)).await;
+}
+
+#[tokio::test]
+async fn redis_counter_keys_expire() {
+    let counters = RedisCounters::connect(&redis_url()).await.unwrap();
+    let key = unique();
+    let window = Duration::from_secs(30);
+    counters.hit(&key, window).await.unwrap();
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("mailfleet:rl:{key}:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 30_000, "pttl {ttl}");
+}
+
+// ---------------------------------------------------------------- blobs
+
+async fn blobs_contract(blobs: Arc<dyn BlobStore>) {
+    let data = format!("Subject: test {}\r\n\r\nbody\r\n", unique()).into_bytes();
+    let id = blobs.put(&data).await.unwrap();
+    assert_eq!(
+        id,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
+    );
+    assert_eq!(blobs.get(&id).await.unwrap(), data);
+    // Same content, same id.
+    assert_eq!(blobs.put(&data).await.unwrap(), id);
+    let empty = blobs.put(b"").await.unwrap();
+    assert_eq!(blobs.get(&empty).await.unwrap(), b"");
+
+    blobs.delete(&id).await.unwrap();
+    assert!(matches!(
+        blobs.get(&id).await,
+        Err(BackendError::BlobNotFound(missing)) if missing == id
+    ));
+    // Deleting what is not there is fine.
+    blobs.delete(&id).await.unwrap();
+
+    for bad in [
+        "",
+        "../../../../etc/passwd",
+        &"A".repeat(64),
+        &"a".repeat(63),
+        &"a".repeat(65),
+        &format!("../{}", &"a".repeat(61)),
+        &format!("{}/..", &"a".repeat(62)),
+    ] {
+        assert!(blobs.get(bad).await.is_err(), "get({bad:?}) accepted");
+        assert!(blobs.delete(bad).await.is_err(), "delete({bad:?}) accepted");
+    }
+}
+
+#[tokio::test]
+async fn dir_blobs_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = DirBlobs::open(&dir.path().join("spool")).unwrap();
+    blobs_contract(Arc::new(blobs)).await;
+}
+
+#[tokio::test]
+async fn dir_blobs_fan_out_and_leave_no_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = DirBlobs::open(dir.path()).unwrap();
+    let id = blobs.put(b"hello").await.unwrap();
+    let path = dir.path().join(&id[0..2]).join(&id[2..4]).join(&id);
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from(&id)]);
+}
+
+#[tokio::test]
+async fn jetstream_ack_wait_is_the_lease_of_the_first_take() {
+    let options = JetStreamOptions {
+        ack_wait: None,
+        ..test_stream()
+    };
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(7);
+    assert!(queue.take(Duration::ZERO, lease).await.unwrap().is_none());
+
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&options.stream).await.unwrap();
+    let info = stream.consumer_info(&options.consumer).await.unwrap();
+    assert_eq!(info.config.ack_wait, lease);
+    assert_eq!(info.config.max_deliver, -1);
+    delete_stream(&options.stream).await;
+}
