@@ -213,7 +213,12 @@ impl Session {
     async fn handle(&mut self, body: CommandBody) -> Reply {
         match body {
             CommandBody::Capability => self.capability(),
-            CommandBody::Noop | CommandBody::Check => self.noop().await,
+            CommandBody::Noop => self.noop().await,
+            // RFC 3501 §6.4.1 (gone from IMAP4rev2): a NOOP of the selected state.
+            CommandBody::Check if !matches!(self.state, State::Selected { .. }) => {
+                Reply::bad("no mailbox selected")
+            }
+            CommandBody::Check => self.noop().await,
             CommandBody::Logout => self.logout(),
             CommandBody::Login { user, password } => self.login(&user, &password).await,
             CommandBody::List { reference, pattern } => self.list(&reference, &pattern).await,
