@@ -213,12 +213,12 @@ impl Session {
     async fn handle(&mut self, body: CommandBody) -> Reply {
         match body {
             CommandBody::Capability => self.capability(),
-            CommandBody::Noop => self.noop().await,
+            CommandBody::Noop => self.noop("NOOP").await,
             // RFC 3501 §6.4.1 (gone from IMAP4rev2): a NOOP of the selected state.
             CommandBody::Check if !matches!(self.state, State::Selected { .. }) => {
                 Reply::bad("no mailbox selected")
             }
-            CommandBody::Check => self.noop().await,
+            CommandBody::Check => self.noop("CHECK").await,
             CommandBody::Logout => self.logout(),
             CommandBody::Login { user, password } => self.login(&user, &password).await,
             CommandBody::List { reference, pattern } => self.list(&reference, &pattern).await,
@@ -248,9 +248,9 @@ impl Session {
 
     /// RFC 9051 §6.1.2: NOOP (and CHECK) report mailbox changes, including
     /// expunges by other sessions.
-    async fn noop(&mut self) -> Reply {
+    async fn noop(&mut self, verb: &str) -> Reply {
         let lines = self.sync(true).await;
-        Reply::ok("NOOP completed").untagged(lines)
+        Reply::ok(format!("{verb} completed")).untagged(lines)
     }
 
     /// RFC 9051 §6.1.3
