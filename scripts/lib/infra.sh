@@ -54,6 +54,37 @@ wait_port() {
     return 1
 }
 
+# Where PostgreSQL keeps its data for infra directory $1. Normally $1/pg; but
+# as root the server runs as the postgres user, which cannot enter a private
+# (0700) directory such as mktemp's or pytest's: then the data lives in a
+# postgres-owned directory under /tmp whose path is kept in $1/pg-path, so a
+# restart on the same $1 finds it again. infra_purge removes it.
+pg_dir() {
+    local dir=$1 kept
+    if [ "$(id -u)" != 0 ]; then
+        mkdir -p "$dir/pg"; echo "$dir/pg"; return
+    fi
+    if [ -s "$dir/pg-path" ]; then
+        kept=$(cat "$dir/pg-path")
+        if [ -d "$kept" ]; then echo "$kept"; return; fi
+    fi
+    mkdir -p "$dir/pg"
+    chown postgres "$dir/pg"
+    if runuser -u postgres -- test -w "$dir/pg"; then
+        echo "$dir/pg"; return
+    fi
+    kept=$(mktemp -d /tmp/mailfleet-pg.XXXXXX)
+    chown postgres "$kept"
+    echo "$kept" >"$dir/pg-path"
+    echo "$kept"
+}
+
+# Removes what infra_start left outside its directory (see pg_dir).
+infra_purge() {
+    local dir=$1
+    if [ -s "$dir/pg-path" ]; then rm -rf "$(cat "$dir/pg-path")"; fi
+}
+
 infra_start() {
     INFRA_DIR=$1
     mkdir -p "$INFRA_DIR"
@@ -70,14 +101,13 @@ infra_start() {
     INFRA_REDIS_PID=$!
 
     bin=$(pg_bin)
-    mkdir -p "$INFRA_DIR/pg"
-    if [ "$(id -u)" = 0 ]; then chown postgres "$INFRA_DIR/pg"; chmod 755 "$INFRA_DIR"; fi
+    PG_DIR=$(pg_dir "$INFRA_DIR")
     # A directory kept from an earlier run is reused: its data survives restarts.
-    if [ ! -d "$INFRA_DIR/pg/data" ]; then
-        as_pg "$bin/initdb" -D "$INFRA_DIR/pg/data" -U postgres --auth=trust >"$INFRA_DIR/initdb.log" 2>&1
+    if [ ! -d "$PG_DIR/data" ]; then
+        as_pg "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth=trust >"$INFRA_DIR/initdb.log" 2>&1
     fi
-    as_pg "$bin/pg_ctl" -D "$INFRA_DIR/pg/data" -l "$INFRA_DIR/pg/log" -w \
-        -o "-p $pg_port -k $INFRA_DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+    as_pg "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+        -o "-p $pg_port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
     INFRA_PG_BIN=$bin
 
     wait_port "$nats_port" nats-server
@@ -94,7 +124,7 @@ infra_stop() {
     [ -n "${INFRA_NATS_PID:-}" ] && kill "$INFRA_NATS_PID" 2>/dev/null
     [ -n "${INFRA_REDIS_PID:-}" ] && kill "$INFRA_REDIS_PID" 2>/dev/null
     if [ -n "${INFRA_PG_BIN:-}" ]; then
-        as_pg "$INFRA_PG_BIN/pg_ctl" -D "$INFRA_DIR/pg/data" -m fast stop >/dev/null 2>&1
+        as_pg "$INFRA_PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1
     fi
     wait 2>/dev/null
     INFRA_DIR=

@@ -7,6 +7,7 @@ here wrote: Python's smtplib, imaplib and poplib, and swaks.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +160,12 @@ class LocalCluster(Server):
         self.proc = None
         return code
 
+    def purge(self):
+        """Removes PostgreSQL data kept outside the directory (scripts/lib/infra.sh)."""
+        kept = self.data_dir / "infra" / "pg-path"
+        if kept.exists():
+            shutil.rmtree(kept.read_text().strip(), ignore_errors=True)
+
 
 @pytest.fixture
 def local_cluster(tmp_path):
@@ -167,3 +174,4 @@ def local_cluster(tmp_path):
     cluster.start()
     yield cluster
     cluster.stop()
+    cluster.purge()

@@ -49,3 +49,4 @@ def test_cluster_delivers_refuses_and_survives_restart(tmp_path):
         p.quit()
     finally:
         cluster.stop()
+        cluster.purge()

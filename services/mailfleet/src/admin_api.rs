@@ -35,7 +35,10 @@ pub fn router(ctx: Arc<Context>, token: String) -> anyhow::Result<Router> {
         .route("/domains", get(list_domains).post(add_domain))
         .route("/users", get(list_users).post(add_user))
         .route("/users/{address}", delete(delete_user))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -48,7 +51,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let (ready, components) = s.ctx.readiness.report();
     let mut text = String::new();
     for (name, ok) in components {
-        text.push_str(&format!("{name}: {}\n", if ok { "ready" } else { "not ready" }));
+        text.push_str(&format!(
+            "{name}: {}\n",
+            if ok { "ready" } else { "not ready" }
+        ));
     }
     let status = if ready {
         StatusCode::OK
@@ -121,7 +127,11 @@ struct NewDomain {
 }
 
 async fn add_domain(State(mut s): State<AdminState>, Json(body): Json<NewDomain>) -> Response {
-    match s.directory.add_domain(DomainRequest { name: body.name }).await {
+    match s
+        .directory
+        .add_domain(DomainRequest { name: body.name })
+        .await
+    {
         Ok(_) => (StatusCode::CREATED, Json(json!({}))).into_response(),
         Err(e) => grpc_error(e),
     }

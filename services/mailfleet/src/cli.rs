@@ -12,7 +12,11 @@ use crate::EXIT_USAGE;
 use crate::client::AdminClient;
 
 #[derive(Parser)]
-#[command(name = "mailfleet", version, about = "A mail cluster: SMTP, filtering, delivery, mailboxes, IMAP and POP3")]
+#[command(
+    name = "mailfleet",
+    version,
+    about = "A mail cluster: SMTP, filtering, delivery, mailboxes, IMAP and POP3"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -78,7 +82,11 @@ pub enum UserCommand {
     Add {
         address: String,
         /// The password (visible in the process list: prefer --password-stdin).
-        #[arg(long, conflicts_with = "password_stdin", required_unless_present = "password_stdin")]
+        #[arg(
+            long,
+            conflicts_with = "password_stdin",
+            required_unless_present = "password_stdin"
+        )]
         password: Option<String>,
         /// Read the password from standard input (first line).
         #[arg(long)]
@@ -96,54 +104,59 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
-        Command::Domain { command } => admin(&cli.global, |c| async move {
-            match command {
-                DomainCommand::Add { name } => {
-                    c.post("/api/v1/domains", &serde_json::json!({ "name": name })).await?;
-                    println!("domain {name} added");
-                }
-                DomainCommand::List => {
-                    let v = c.get("/api/v1/domains").await?;
-                    for d in v["domains"].as_array().into_iter().flatten() {
-                        println!("{}", d.as_str().unwrap_or_default());
+        Command::Domain { command } => {
+            admin(&cli.global, |c| async move {
+                match command {
+                    DomainCommand::Add { name } => {
+                        c.post("/api/v1/domains", &serde_json::json!({ "name": name }))
+                            .await?;
+                        println!("domain {name} added");
+                    }
+                    DomainCommand::List => {
+                        let v = c.get("/api/v1/domains").await?;
+                        for d in v["domains"].as_array().into_iter().flatten() {
+                            println!("{}", d.as_str().unwrap_or_default());
+                        }
                     }
                 }
-            }
-            Ok(())
-        })
-        .await,
-        Command::User { command } => admin(&cli.global, |c| async move {
-            match command {
-                UserCommand::Add {
-                    address,
-                    password,
-                    password_stdin,
-                } => {
-                    let password = match (password, password_stdin) {
-                        (Some(p), _) => p,
-                        (None, _) => read_password_stdin()?,
-                    };
-                    c.post(
-                        "/api/v1/users",
-                        &serde_json::json!({ "address": address, "password": password }),
-                    )
-                    .await?;
-                    println!("user {address} added");
-                }
-                UserCommand::List => {
-                    let v = c.get("/api/v1/users").await?;
-                    for u in v["users"].as_array().into_iter().flatten() {
-                        println!("{}", u.as_str().unwrap_or_default());
+                Ok(())
+            })
+            .await
+        }
+        Command::User { command } => {
+            admin(&cli.global, |c| async move {
+                match command {
+                    UserCommand::Add {
+                        address,
+                        password,
+                        password_stdin,
+                    } => {
+                        let password = match (password, password_stdin) {
+                            (Some(p), _) => p,
+                            (None, _) => read_password_stdin()?,
+                        };
+                        c.post(
+                            "/api/v1/users",
+                            &serde_json::json!({ "address": address, "password": password }),
+                        )
+                        .await?;
+                        println!("user {address} added");
+                    }
+                    UserCommand::List => {
+                        let v = c.get("/api/v1/users").await?;
+                        for u in v["users"].as_array().into_iter().flatten() {
+                            println!("{}", u.as_str().unwrap_or_default());
+                        }
+                    }
+                    UserCommand::Del { address } => {
+                        c.delete(&format!("/api/v1/users/{address}")).await?;
+                        println!("user {address} deleted");
                     }
                 }
-                UserCommand::Del { address } => {
-                    c.delete(&format!("/api/v1/users/{address}")).await?;
-                    println!("user {address} deleted");
-                }
-            }
-            Ok(())
-        })
-        .await,
+                Ok(())
+            })
+            .await
+        }
     }
 }
 

@@ -37,7 +37,11 @@ impl AdminClient {
         self.send(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
         self.send(Method::POST, path, Some(body)).await
     }
 

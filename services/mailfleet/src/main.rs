@@ -17,7 +17,10 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mailfleet: cannot start the async runtime: {e}");

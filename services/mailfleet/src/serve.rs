@@ -89,7 +89,11 @@ pub async fn serve(global: &Global, target_spec: &str) -> ExitCode {
     } else {
         format!(
             "mailfleet-{}",
-            targets.iter().map(|t| t.name()).collect::<Vec<_>>().join("+")
+            targets
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join("+")
         )
     };
     let _telemetry = match mailfleet_runtime::telemetry::init(&config.telemetry, &service_name) {
@@ -223,7 +227,11 @@ mod tests {
             parse_targets("smtp-edge, delivery").unwrap(),
             vec![Target::SmtpEdge, Target::Delivery]
         );
-        assert!(parse_targets("smtp").unwrap_err().contains("unknown target"));
+        assert!(
+            parse_targets("smtp")
+                .unwrap_err()
+                .contains("unknown target")
+        );
         assert!(parse_targets("").is_err());
     }
 }

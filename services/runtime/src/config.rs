@@ -178,6 +178,9 @@ pub struct Smtp {
     pub max_connections: usize,
     /// Messages accepted per client IP per minute (0: no limit).
     pub messages_per_ip_per_minute: u64,
+    /// A bare LF in DATA: `normalize` (stored as CRLF; never ends the
+    /// message) or `reject` (`550 5.6.0`).
+    pub bare_lf: String,
 }
 
 impl Default for Smtp {
@@ -191,6 +194,7 @@ impl Default for Smtp {
             data_timeout_secs: 600,
             max_connections: 1000,
             messages_per_ip_per_minute: 0,
+            bare_lf: "normalize".into(),
         }
     }
 }
@@ -335,6 +339,12 @@ impl Config {
             problems.push(format!(
                 "telemetry.log_format = {:?} must be \"text\" or \"json\"",
                 self.telemetry.log_format
+            ));
+        }
+        if !["normalize", "reject"].contains(&self.smtp.bare_lf.as_str()) {
+            problems.push(format!(
+                "smtp.bare_lf = {:?} must be \"normalize\" or \"reject\"",
+                self.smtp.bare_lf
             ));
         }
         if self.smtp.max_line_length < 512 {

@@ -2,6 +2,8 @@
 //! stderr, and OTLP/gRPC export when the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! is set (the exporter reads the other `OTEL_*` variables itself).
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -61,6 +63,8 @@ pub fn init(config: &Telemetry, service: &str) -> Result<TelemetryGuard, Telemet
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("mailfleet")));
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Colours only for a person at a terminal, never into log files.
+    let ansi = std::io::stderr().is_terminal();
     let result = if config.log_format == "json" {
         registry
             .with(
@@ -71,7 +75,11 @@ pub fn init(config: &Telemetry, service: &str) -> Result<TelemetryGuard, Telemet
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     // A second init (tests) keeps the first subscriber; that is fine.

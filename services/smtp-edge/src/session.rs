@@ -17,7 +17,7 @@ use mailfleet_runtime::backend::Counters;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::conn::{Conn, Line};
-use crate::data::{DataDecoder, DataOutcome};
+use crate::data::{BareLf, DataDecoder, DataOutcome};
 use crate::metrics::Metrics;
 use crate::parser::{Command, MailFrom, ParseError, RcptTo, parse_command};
 use crate::reply::{self, Reply};
@@ -34,6 +34,7 @@ pub struct SessionConfig {
     pub data_timeout: Duration,
     pub messages_per_ip_per_minute: u64,
     pub max_connections: usize,
+    pub bare_lf: BareLf,
 }
 
 impl SessionConfig {
@@ -54,6 +55,12 @@ impl SessionConfig {
             data_timeout: Duration::from_secs(smtp.data_timeout_secs),
             messages_per_ip_per_minute: smtp.messages_per_ip_per_minute,
             max_connections: smtp.max_connections,
+            // Validated by the config: anything but "reject" normalises.
+            bare_lf: if smtp.bare_lf == "reject" {
+                BareLf::Reject
+            } else {
+                BareLf::Normalize
+            },
         }
     }
 }
@@ -391,7 +398,7 @@ impl Session {
 
     /// A new decoder for the body under the configured size limit.
     pub fn data_decoder(&self) -> DataDecoder {
-        DataDecoder::new(self.config.max_message_size)
+        DataDecoder::new(self.config.max_message_size, self.config.bare_lf)
     }
 
     /// The body has been read: hand it to the [`Acceptor`] and answer.

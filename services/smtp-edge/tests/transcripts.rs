@@ -5,7 +5,8 @@
 //! - `# ...` comment; blank lines are ignored.
 //! - `!key value` sets a session limit before the dialog starts:
 //!   `max_recipients`, `max_message_size`, `max_line_length`, `max_errors`,
-//!   `rate_limit` (messages per IP per minute).
+//!   `rate_limit` (messages per IP per minute), `bare_lf` (`reject` or
+//!   `normalize`).
 //! - `C: text` the client sends `text` CRLF; `C~ text` sends `text` with no
 //!   CRLF added. Escapes: `\r`, `\n`, `\\`, and `{c*N}` for N times `c`.
 //!   Consecutive client lines go out in one write (pipelining).
@@ -76,6 +77,14 @@ async fn run_transcript(path: &Path) {
         }
         if let Some(setting) = line.strip_prefix('!') {
             let (key, value) = setting.split_once(' ').expect("!key value");
+            if key == "bare_lf" {
+                config.bare_lf = match value.trim() {
+                    "reject" => mailfleet_smtp_edge::data::BareLf::Reject,
+                    "normalize" => mailfleet_smtp_edge::data::BareLf::Normalize,
+                    other => panic!("bare_lf {other}"),
+                };
+                continue;
+            }
             let value: u64 = value.trim().parse().expect("numeric setting");
             match key {
                 "max_recipients" => config.max_recipients = value as usize,

@@ -27,7 +27,9 @@ use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode, MessageInfo};
 
 /// RFC 9051 §7.2.2 capabilities. No `LOGINDISABLED`: TLS comes later.
-pub const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ IDLE UNSELECT SPECIAL-USE";
+// IMAP4rev2 is not advertised until every command RFC 9051 requires is here
+// (SEARCH, STATUS, APPEND, ENABLE, ...): a rev2 client would rely on them.
+pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ IDLE UNSELECT SPECIAL-USE";
 
 /// The hierarchy delimiter of every mailbox name.
 pub const DELIMITER: char = '/';
