@@ -60,6 +60,8 @@ pub struct Config {
     pub delivery: Delivery,
     pub telemetry: Telemetry,
     pub shutdown: Shutdown,
+    pub dns: Dns,
+    pub tls: Tls,
 }
 
 impl Default for Config {
@@ -74,6 +76,8 @@ impl Default for Config {
             delivery: Delivery::default(),
             telemetry: Telemetry::default(),
             shutdown: Shutdown::default(),
+            dns: Dns::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -181,6 +185,22 @@ pub struct Smtp {
     /// A bare LF in DATA: `normalize` (stored as CRLF; never ends the
     /// message) or `reject` (`550 5.6.0`).
     pub bare_lf: String,
+    /// Sessions at once from one client IP (0: no limit); more get `421 4.7.0`.
+    pub max_connections_per_ip: usize,
+    /// CIDRs whose clients may relay (send to domains that are not ours)
+    /// without AUTH. Empty: only authenticated users relay.
+    pub relay_networks: Vec<String>,
+    /// CIDRs whose clients may AUTH on submission without TLS (plain-text
+    /// passwords on the wire). Empty: AUTH only after TLS.
+    pub trusted_networks: Vec<String>,
+    /// CIDRs of load balancers that must open each connection with a PROXY
+    /// protocol v1/v2 header; the client address in it is the one used.
+    pub proxy_trusted_networks: Vec<String>,
+    /// Failed AUTH attempts per client IP per window before AUTH is refused
+    /// (`454 4.7.0`); from the fourth failure on, each answer is delayed.
+    pub auth_failures_per_ip: u64,
+    /// The window of `auth_failures_per_ip`, in seconds.
+    pub auth_failure_window_secs: u64,
 }
 
 impl Default for Smtp {
@@ -195,6 +215,12 @@ impl Default for Smtp {
             max_connections: 1000,
             messages_per_ip_per_minute: 0,
             bare_lf: "normalize".into(),
+            max_connections_per_ip: 20,
+            relay_networks: Vec::new(),
+            trusted_networks: Vec::new(),
+            proxy_trusted_networks: Vec::new(),
+            auth_failures_per_ip: 10,
+            auth_failure_window_secs: 900,
         }
     }
 }
@@ -249,6 +275,42 @@ impl Default for Shutdown {
     fn default() -> Self {
         Shutdown { grace_secs: 20 }
     }
+}
+
+/// The DNS resolver shared by filter and delivery (see `runtime::dns`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dns {
+    /// Servers as `IP:port` (or `IP` for port 53); empty: `/etc/resolv.conf`.
+    pub servers: Vec<String>,
+    /// Seconds per query attempt.
+    pub timeout_secs: u64,
+    /// Attempts per query.
+    pub attempts: usize,
+    /// Records kept in the resolver's cache.
+    pub cache_size: u64,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            timeout_secs: 5,
+            attempts: 2,
+            cache_size: 4096,
+        }
+    }
+}
+
+/// The server certificate of every TLS listener (see `runtime::tls`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain. Empty (with `key_file`): a self-signed
+    /// certificate for `hostname` is generated into `<data_dir>/tls/`.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 impl Config {
@@ -347,11 +409,30 @@ impl Config {
                 self.smtp.bare_lf
             ));
         }
+        for (key, list) in [
+            ("smtp.relay_networks", &self.smtp.relay_networks),
+            ("smtp.trusted_networks", &self.smtp.trusted_networks),
+            ("smtp.proxy_trusted_networks", &self.smtp.proxy_trusted_networks),
+        ] {
+            for value in list {
+                if value.parse::<Cidr>().is_err() {
+                    problems.push(format!(
+                        "{key}: {value:?} is not a CIDR such as \"10.0.0.0/8\" or \"::1/128\""
+                    ));
+                }
+            }
+        }
         if self.smtp.max_line_length < 512 {
             problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
         if self.delivery.workers == 0 {
             problems.push("delivery.workers must be at least 1".into());
+        }
+        if let Err(e) = crate::dns::parse_servers(&self.dns.servers) {
+            problems.push(e.to_string());
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            problems.push("tls.cert_file and tls.key_file must be set together".into());
         }
         if self.hostname.is_empty() {
             problems.push("hostname must not be empty".into());
@@ -370,6 +451,61 @@ impl Config {
         } else {
             PathBuf::from(&self.backends.blob_dir)
         }
+    }
+}
+
+/// An IP network, `192.0.2.0/24` or `2001:db8::/32`; a bare address is a
+/// single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = ();
+
+    fn from_str(value: &str) -> Result<Cidr, ()> {
+        let (addr, prefix) = match value.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (value, None),
+        };
+        let network: std::net::IpAddr = addr.trim().parse().map_err(|_| ())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| ())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl Cidr {
+    /// True if `ip` is inside; an IPv4-mapped IPv6 address counts as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = bits - u32::from(self.prefix);
+        (a >> shift) == (b >> shift)
+    }
+
+    /// Parses a list checked by [`Config::validate`]; bad entries are skipped.
+    pub fn parse_list(values: &[String]) -> Vec<Cidr> {
+        values.iter().filter_map(|v| v.parse().ok()).collect()
     }
 }
 
@@ -420,6 +556,20 @@ fn parse_env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let net: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert!(net.contains("192.0.2.77".parse().unwrap()));
+        assert!(net.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(!net.contains("2001:db8::1".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert!(host.contains("::1".parse().unwrap()));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.org/8".parse::<Cidr>().is_err());
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -8,11 +8,15 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::registry::Registry;
 use tokio::sync::OnceCell;
 
+use hickory_resolver::TokioResolver;
+
 use crate::Config;
 use crate::backend::{
     BlobStore, Counters, DirBlobs, Events, JetStreamQueue, LocalEvents, MemoryCounters, NatsEvents,
     Queue, RedisCounters, Result, SqliteQueue,
 };
+use crate::dns::DnsError;
+use crate::tls::{TlsError, TlsProvider};
 
 pub struct Context {
     pub config: Config,
@@ -24,6 +28,8 @@ pub struct Context {
     counters: OnceCell<Arc<dyn Counters>>,
     spool: OnceCell<Arc<dyn BlobStore>>,
     store_blobs: OnceCell<Arc<dyn BlobStore>>,
+    tls: OnceCell<Arc<TlsProvider>>,
+    dns: Mutex<Option<TokioResolver>>,
 }
 
 impl Context {
@@ -37,6 +43,8 @@ impl Context {
             counters: OnceCell::new(),
             spool: OnceCell::new(),
             store_blobs: OnceCell::new(),
+            tls: OnceCell::new(),
+            dns: Mutex::new(None),
         })
     }
 
@@ -113,6 +121,29 @@ impl Context {
             })
             .await
             .cloned()
+    }
+}
+
+impl Context {
+    /// The TLS certificate of every listener of this process (loaded, or
+    /// generated for a single node, on first use). Call
+    /// [`TlsProvider::watch`] once to reload it when the files change.
+    pub async fn tls(&self) -> Result<Arc<TlsProvider>, TlsError> {
+        self.tls
+            .get_or_try_init(|| async { TlsProvider::from_config(&self.config).map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    /// The process's one caching DNS resolver (`[dns]`); clones share the cache.
+    pub fn dns(&self) -> Result<TokioResolver, DnsError> {
+        let mut slot = self.dns.lock().expect("dns lock");
+        if let Some(resolver) = slot.as_ref() {
+            return Ok(resolver.clone());
+        }
+        let resolver = crate::dns::resolver(&self.config.dns)?;
+        *slot = Some(resolver.clone());
+        Ok(resolver)
     }
 }
 

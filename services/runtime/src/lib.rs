@@ -11,9 +11,11 @@
 pub mod backend;
 pub mod config;
 mod context;
+pub mod dns;
 pub mod grpc;
 pub mod subjects;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use context::{Context, Readiness};
