@@ -146,6 +146,7 @@ impl Worker {
             message: route::local_message(mail_from, &recipient.address, spooled),
             idempotency_key: route::idempotency_key(queue_id, &recipient.address),
             flags: Vec::new(),
+            internal_date_ms: 0,
         });
         request.set_timeout(DELIVER_TIMEOUT);
         match self.mailstore.clone().deliver(request).await {

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use mailfleet_proto::mailstore::directory_server::Directory;
 use mailfleet_proto::mailstore::mailstore_server::Mailstore;
 use mailfleet_proto::mailstore::{
-    AccountRequest, AddUserRequest, AuthReply, AuthRequest, Body, DeliverReply, DeliverRequest,
-    DomainList, DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply, LookupRequest,
-    MailboxList, MailboxRequest, MailboxStatus, MessageInfo, MessageList, MessageRequest,
-    StoreFlagsRequest, UserList, UserRequest, lookup_reply, store_flags_request,
+    AccountRequest, AddUserRequest, Alias, AliasList, AliasRequest, AuthReply, AuthRequest, Body,
+    CatchAllRequest, CopyReply, CopyRequest, DeliverReply, DeliverRequest, DomainList,
+    DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply, LookupRequest, MailboxList,
+    MailboxRequest, MailboxStatus, MessageInfo, MessageList, MessageRequest, QuotaReply,
+    RenameMailboxRequest, SetQuotaRequest, StoreFlagsRequest, SubscribeRequest, UserList,
+    UserRequest, lookup_reply, store_flags_request,
 };
 use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
 use mailfleet_runtime::backend::Events;
@@ -26,6 +28,9 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists(_) => Status::already_exists(error.to_string()),
             StoreError::NotFound(_) => Status::not_found(error.to_string()),
             StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+            // delivery answers 452 4.2.2 (or 552 5.2.2 when configured
+            // permanent); IMAP APPEND answers NO [OVERQUOTA].
+            StoreError::OverQuota(m) => Status::resource_exhausted(m),
             // Database and blob failures are worth retrying (a replica or
             // the database may be back soon); the caller decides.
             StoreError::Database(_) | StoreError::Blob(_) => {
@@ -98,15 +103,21 @@ impl Directory for DirectoryService {
         {
             Lookup::Remote => LookupReply {
                 kind: lookup_reply::Kind::Remote as i32,
-                account: String::new(),
+                ..LookupReply::default()
             },
             Lookup::Local { account } => LookupReply {
                 kind: lookup_reply::Kind::Local as i32,
+                accounts: vec![account.clone()],
                 account,
+            },
+            Lookup::Alias { accounts } => LookupReply {
+                kind: lookup_reply::Kind::Local as i32,
+                account: accounts.first().cloned().unwrap_or_default(),
+                accounts,
             },
             Lookup::UnknownUser => LookupReply {
                 kind: lookup_reply::Kind::UnknownUser as i32,
-                account: String::new(),
+                ..LookupReply::default()
             },
         };
         Ok(Response::new(reply))
@@ -124,6 +135,48 @@ impl Directory for DirectoryService {
             ok: account.is_some(),
             account: account.unwrap_or_default(),
         }))
+    }
+
+    async fn put_alias(&self, request: Request<AliasRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.put_alias(&r.address, &r.accounts).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn delete_alias(&self, request: Request<UserRequest>) -> Result<Response<Empty>, Status> {
+        self.store
+            .delete_alias(&request.into_inner().address)
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_aliases(&self, _: Request<Empty>) -> Result<Response<AliasList>, Status> {
+        let aliases = self
+            .store
+            .list_aliases()
+            .await?
+            .into_iter()
+            .map(|(address, accounts)| Alias { address, accounts })
+            .collect();
+        Ok(Response::new(AliasList { aliases }))
+    }
+
+    async fn set_catch_all(
+        &self,
+        request: Request<CatchAllRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.set_catch_all(&r.domain, &r.account).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.set_quota(&r.address, r.limit_bytes).await?;
+        Ok(Response::new(Empty {}))
     }
 }
 
@@ -158,6 +211,7 @@ impl Mailstore for MailstoreService {
                 message: &r.message,
                 idempotency_key: &r.idempotency_key,
                 flags: &r.flags,
+                internal_date_ms: r.internal_date_ms,
             })
             .await;
         let delivered = match delivered {
@@ -185,6 +239,7 @@ impl Mailstore for MailstoreService {
         Ok(Response::new(DeliverReply {
             uid: delivered.uid,
             duplicate: delivered.duplicate,
+            uid_validity: delivered.uid_validity,
         }))
     }
 
@@ -273,6 +328,99 @@ impl Mailstore for MailstoreService {
         }
         Ok(Response::new(ExpungeReply {
             expunged_uids: expunged.uids,
+        }))
+    }
+
+    async fn create_mailbox(
+        &self,
+        request: Request<MailboxRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.create_mailbox(&r.account, &r.mailbox).await?;
+        tracing::info!(account = %r.account, mailbox = %r.mailbox, "mailbox created");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn delete_mailbox(
+        &self,
+        request: Request<MailboxRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store.delete_mailbox(&r.account, &r.mailbox).await?;
+        tracing::info!(account = %r.account, mailbox = %r.mailbox, "mailbox deleted");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rename_mailbox(
+        &self,
+        request: Request<RenameMailboxRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store
+            .rename_mailbox(&r.account, &r.from, &r.to)
+            .await?;
+        tracing::info!(account = %r.account, from = %r.from, to = %r.to, "mailbox renamed");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn set_subscribed(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.store
+            .set_subscribed(&r.account, &r.mailbox, r.subscribed)
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn copy_messages(
+        &self,
+        request: Request<CopyRequest>,
+    ) -> Result<Response<CopyReply>, Status> {
+        let r = request.into_inner();
+        let copied = self
+            .store
+            .copy_messages(&r.account, &r.from, &r.to, &r.uids, r.move_messages)
+            .await?;
+        let account = canonical_account(&r.account);
+        for (source_uid, uid) in &copied.pairs {
+            self.publish(MailboxEvent {
+                account: account.clone(),
+                mailbox: copied.mailbox.clone(),
+                kind: mailbox_event::Kind::Appended as i32,
+                uid: *uid,
+                modseq: copied.modseq,
+            })
+            .await;
+            if r.move_messages {
+                self.publish(MailboxEvent {
+                    account: account.clone(),
+                    mailbox: copied.source_mailbox.clone(),
+                    kind: mailbox_event::Kind::Expunged as i32,
+                    uid: *source_uid,
+                    modseq: copied.source_modseq,
+                })
+                .await;
+            }
+        }
+        let (source_uids, dest_uids) = copied.pairs.into_iter().unzip();
+        Ok(Response::new(CopyReply {
+            uid_validity: copied.uid_validity,
+            source_uids,
+            dest_uids,
+        }))
+    }
+
+    async fn get_quota(
+        &self,
+        request: Request<AccountRequest>,
+    ) -> Result<Response<QuotaReply>, Status> {
+        let quota = self.store.quota(&request.into_inner().account).await?;
+        Ok(Response::new(QuotaReply {
+            used_bytes: quota.used_bytes,
+            limit_bytes: quota.limit_bytes,
+            messages: quota.messages,
         }))
     }
 }

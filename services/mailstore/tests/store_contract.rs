@@ -125,6 +125,7 @@ fn deliver<'a>(
         message,
         idempotency_key: key,
         flags: &[],
+        internal_date_ms: 0,
     }
 }
 
@@ -510,6 +511,291 @@ async fn contract(store: &Store, blob_dir: &Path) {
         store.list_users().await.unwrap(),
         vec!["alice@example.com", "bob@example.com"]
     );
+
+    folders_contract(store, &blobs).await;
+    directory_contract(store).await;
+}
+
+/// CREATE / DELETE / RENAME / SUBSCRIBE, APPEND dates, COPY and MOVE with
+/// UIDs, and quota.
+async fn folders_contract(store: &Store, blobs: &DirBlobs) {
+    const ALICE: &str = "alice@example.com";
+    let names = |list: Vec<mailfleet_proto::mailstore::MailboxInfo>| {
+        list.into_iter().map(|m| m.name).collect::<Vec<_>>()
+    };
+    // CREATE makes missing parents; existing names and bad names are refused.
+    store
+        .create_mailbox(ALICE, "Projects/2026/Q1")
+        .await
+        .unwrap();
+    let listed = names(store.list_mailboxes(ALICE).await.unwrap());
+    for name in ["Projects", "Projects/2026", "Projects/2026/Q1"] {
+        assert!(listed.contains(&name.to_owned()), "{listed:?}");
+    }
+    assert!(matches!(
+        store.create_mailbox(ALICE, "Projects").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.create_mailbox(ALICE, "inbox").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.create_mailbox(ALICE, "a//b").await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // SUBSCRIBE state is listed.
+    store
+        .set_subscribed(ALICE, "Projects", false)
+        .await
+        .unwrap();
+    let listed = store.list_mailboxes(ALICE).await.unwrap();
+    let projects = listed.iter().find(|m| m.name == "Projects").unwrap();
+    assert!(!projects.subscribed);
+    assert!(
+        listed
+            .iter()
+            .find(|m| m.name == "INBOX")
+            .unwrap()
+            .subscribed
+    );
+
+    // APPEND with a date and flags.
+    let appended = store
+        .deliver(NewMessage {
+            account: ALICE,
+            mailbox: "Projects/2026/Q1",
+            message: b"Subject: plan\r\n\r\nplan\r\n",
+            idempotency_key: "",
+            flags: &flags(&["\\Seen"]),
+            internal_date_ms: 1_700_000_000_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(appended.uid, 1);
+    let status = store
+        .select_mailbox(ALICE, "Projects/2026/Q1")
+        .await
+        .unwrap();
+    assert_eq!(appended.uid_validity, status.uid_validity);
+    let listed = store
+        .list_messages(ALICE, "Projects/2026/Q1")
+        .await
+        .unwrap();
+    assert_eq!(listed[0].internal_date_ms, 1_700_000_000_000);
+    assert_eq!(listed[0].flags, ["\\Seen"]);
+
+    // RENAME takes the children along.
+    store
+        .rename_mailbox(ALICE, "Projects", "Work")
+        .await
+        .unwrap();
+    let listed = names(store.list_mailboxes(ALICE).await.unwrap());
+    assert!(listed.contains(&"Work/2026/Q1".to_owned()), "{listed:?}");
+    assert!(
+        !listed.iter().any(|n| n.starts_with("Projects")),
+        "{listed:?}"
+    );
+    assert_eq!(
+        store
+            .list_messages(ALICE, "Work/2026/Q1")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(matches!(
+        store.rename_mailbox(ALICE, "Work", "Sent").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.rename_mailbox(ALICE, "Nope", "Other").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // COPY gives consecutive new UIDs in the target; the blob is shared.
+    let inbox_uids: Vec<u32> = store
+        .list_messages(ALICE, "INBOX")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert!(!inbox_uids.is_empty());
+    let copied = store
+        .copy_messages(ALICE, "INBOX", "Work", &[inbox_uids[0], 999], false)
+        .await
+        .unwrap();
+    let work = store.select_mailbox(ALICE, "Work").await.unwrap();
+    assert_eq!(copied.uid_validity, work.uid_validity);
+    assert_eq!(copied.pairs, [(inbox_uids[0], 1)]);
+    assert_eq!(work.exists, 1);
+    assert_eq!(
+        store.list_messages(ALICE, "INBOX").await.unwrap().len(),
+        inbox_uids.len()
+    );
+
+    // MOVE removes the source in the same transaction.
+    let moved = store
+        .copy_messages(ALICE, "Work", "Archive", &[1], true)
+        .await
+        .unwrap();
+    assert_eq!(moved.pairs, [(1, 1)]);
+    assert!(moved.source_modseq > 0);
+    assert!(store.list_messages(ALICE, "Work").await.unwrap().is_empty());
+    let archived = store.list_messages(ALICE, "Archive").await.unwrap();
+    assert_eq!(archived.len(), 1);
+
+    // DELETE removes the messages but keeps blobs others refer to; INBOX stays.
+    let body = store.fetch_body(ALICE, "Archive", 1).await.unwrap();
+    store.delete_mailbox(ALICE, "Archive").await.unwrap();
+    assert!(
+        blobs.get(&sha256_hex(&body)).await.is_ok(),
+        "INBOX still has it"
+    );
+    assert!(matches!(
+        store.delete_mailbox(ALICE, "INBOX").await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    // Created again: a new UIDVALIDITY.
+    store.create_mailbox(ALICE, "Archive").await.unwrap();
+    let again = store.select_mailbox(ALICE, "Archive").await.unwrap();
+    assert!(again.uid_validity > work.uid_validity || again.uid_validity != moved.uid_validity);
+    assert_eq!(again.uid_next, 1);
+
+    // Quota: usage is the sum of sizes; delivery and copy are refused over it.
+    let usage = store.quota(ALICE).await.unwrap();
+    assert_eq!(usage.limit_bytes, 0);
+    assert!(usage.used_bytes > 0);
+    store.set_quota(ALICE, usage.used_bytes + 10).await.unwrap();
+    assert!(matches!(
+        store
+            .deliver(deliver(ALICE, "INBOX", &[b'x'; 11], "q-over/alice"))
+            .await,
+        Err(StoreError::OverQuota(_))
+    ));
+    // The refused delivery may be retried once there is room: key not kept.
+    store.set_quota(ALICE, 0).await.unwrap();
+    assert!(
+        !store
+            .deliver(deliver(ALICE, "INBOX", &[b'x'; 11], "q-over/alice"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    store.set_quota(ALICE, 1).await.unwrap();
+    assert!(matches!(
+        store
+            .copy_messages(ALICE, "INBOX", "Work", &inbox_uids, false)
+            .await,
+        Err(StoreError::OverQuota(_))
+    ));
+    // A move does not grow usage, so it is allowed over quota.
+    store
+        .copy_messages(ALICE, "INBOX", "Work", &[inbox_uids[0]], true)
+        .await
+        .unwrap();
+    store.set_quota(ALICE, 0).await.unwrap();
+}
+
+/// Aliases and catch-all addresses in LookupRecipient.
+async fn directory_contract(store: &Store) {
+    store
+        .put_alias(
+            "Team@Example.com",
+            &flags(&["alice@example.com", "bob@example.com"]),
+        )
+        .await
+        .unwrap();
+    store
+        .put_alias("postmaster@example.com", &flags(&["alice@example.com"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup_recipient("team@example.com").await.unwrap(),
+        Lookup::Alias {
+            accounts: flags(&["alice@example.com", "bob@example.com"])
+        }
+    );
+    assert_eq!(
+        store
+            .lookup_recipient("Postmaster@example.com")
+            .await
+            .unwrap(),
+        Lookup::Local {
+            account: "alice@example.com".into()
+        }
+    );
+    assert_eq!(
+        store.list_aliases().await.unwrap(),
+        vec![
+            (
+                "postmaster@example.com".to_owned(),
+                flags(&["alice@example.com"])
+            ),
+            (
+                "team@example.com".to_owned(),
+                flags(&["alice@example.com", "bob@example.com"])
+            ),
+        ]
+    );
+    // An alias cannot shadow an account, point at nobody, or live elsewhere.
+    assert!(matches!(
+        store
+            .put_alias("bob@example.com", &flags(&["alice@example.com"]))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store
+            .put_alias("x@example.com", &flags(&["ghost@example.com"]))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .put_alias("x@elsewhere.net", &flags(&["alice@example.com"]))
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    store.delete_alias("postmaster@example.com").await.unwrap();
+    assert!(matches!(
+        store.delete_alias("postmaster@example.com").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Catch-all: unknown local parts of the domain go to one account.
+    assert_eq!(
+        store.lookup_recipient("random@example.com").await.unwrap(),
+        Lookup::UnknownUser
+    );
+    store
+        .set_catch_all("example.com", "bob@example.com")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup_recipient("random@example.com").await.unwrap(),
+        Lookup::Local {
+            account: "bob@example.com".into()
+        }
+    );
+    // Accounts and aliases win over the catch-all.
+    assert_eq!(
+        store.lookup_recipient("alice@example.com").await.unwrap(),
+        Lookup::Local {
+            account: "alice@example.com".into()
+        }
+    );
+    store.set_catch_all("example.com", "").await.unwrap();
+    assert_eq!(
+        store.lookup_recipient("random@example.com").await.unwrap(),
+        Lookup::UnknownUser
+    );
+    assert!(matches!(
+        store.set_catch_all("unknown.test", "bob@example.com").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// Two stores on one database ("replicas") deliver 50 messages each into

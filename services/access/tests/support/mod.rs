@@ -154,6 +154,7 @@ impl MailAccess for MemoryStore {
             .map(|(name, m)| MailboxInfo {
                 name: name.clone(),
                 attributes: m.attributes.clone(),
+                subscribed: true,
             })
             .collect())
     }

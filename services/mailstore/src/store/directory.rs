@@ -15,8 +15,11 @@ use super::{Result, Store, StoreError, now_ms, release_blob};
 pub enum Lookup {
     /// The domain is not one of ours.
     Remote,
-    /// Ours, and this account receives it.
+    /// Ours, and this account receives it (directly, through an alias with
+    /// one target, or as the domain's catch-all).
     Local { account: String },
+    /// Ours: an alias delivering to several accounts.
+    Alias { accounts: Vec<String> },
     /// Ours, but nobody by that name.
     UnknownUser,
 }
@@ -139,6 +142,8 @@ impl Store {
             "DELETE FROM deliveries WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = $1)",
             "DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = $1)",
             "DELETE FROM mailboxes WHERE account_id = $1",
+            "DELETE FROM aliases WHERE account_id = $1",
+            "UPDATE domains SET catch_all_account_id = NULL WHERE catch_all_account_id = $1",
             "DELETE FROM accounts WHERE id = $1",
         ] {
             sqlx::query(statement)
@@ -152,28 +157,188 @@ impl Store {
         Ok(())
     }
 
-    /// Resolves an RCPT TO address. Domain and local part are compared
+    /// Resolves an RCPT TO address: an account, else an alias, else the
+    /// domain's catch-all. Domain and local part are compared
     /// case-insensitively.
     pub async fn lookup_recipient(&self, address: &str) -> Result<Lookup> {
         let (address, domain) = names::address(address)?;
-        let ours = sqlx::query("SELECT id FROM domains WHERE name = $1")
-            .bind(&domain)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if !ours {
+        let Some(domain_row) =
+            sqlx::query("SELECT d.id, a.address FROM domains d LEFT JOIN accounts a ON a.id = d.catch_all_account_id WHERE d.name = $1")
+                .bind(&domain)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
             return Ok(Lookup::Remote);
-        }
+        };
         let account = sqlx::query("SELECT address FROM accounts WHERE address = $1")
             .bind(&address)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match account {
-            Some(row) => Lookup::Local {
+        if let Some(row) = account {
+            return Ok(Lookup::Local {
                 account: row.try_get(0)?,
-            },
+            });
+        }
+        let mut accounts = self.alias_targets(&address).await?;
+        if accounts.len() == 1 {
+            return Ok(Lookup::Local {
+                account: accounts.remove(0),
+            });
+        }
+        if !accounts.is_empty() {
+            return Ok(Lookup::Alias { accounts });
+        }
+        Ok(match domain_row.try_get::<Option<String>, _>(1)? {
+            Some(account) => Lookup::Local { account },
             None => Lookup::UnknownUser,
         })
+    }
+
+    async fn alias_targets(&self, address: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT a.address FROM aliases x JOIN accounts a ON a.id = x.account_id \
+             WHERE x.address = $1 ORDER BY a.address",
+        )
+        .bind(address)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Makes `address` (of one of our domains, not an account) deliver to
+    /// `accounts`, replacing earlier targets.
+    pub async fn put_alias(&self, address: &str, accounts: &[String]) -> Result<()> {
+        let (address, domain) = names::address(address)?;
+        if accounts.is_empty() {
+            return Err(StoreError::Invalid(
+                "an alias needs at least one account".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        let ours = sqlx::query("SELECT id FROM domains WHERE name = $1")
+            .bind(&domain)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !ours {
+            return Err(StoreError::FailedPrecondition(format!(
+                "domain {domain} is not configured"
+            )));
+        }
+        let is_account = sqlx::query("SELECT id FROM accounts WHERE address = $1")
+            .bind(&address)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if is_account {
+            return Err(StoreError::AlreadyExists(format!("user {address}")));
+        }
+        sqlx::query("DELETE FROM aliases WHERE address = $1")
+            .bind(&address)
+            .execute(&mut *tx)
+            .await?;
+        for account in accounts {
+            let (account, _) = names::address(account)?;
+            let account_id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = $1")
+                .bind(&account)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("user {account}")))?
+                .try_get(0)?;
+            sqlx::query(
+                "INSERT INTO aliases (address, account_id, created_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (address, account_id) DO NOTHING",
+            )
+            .bind(&address)
+            .bind(account_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(alias = %address, targets = accounts.len(), "alias set");
+        Ok(())
+    }
+
+    pub async fn delete_alias(&self, address: &str) -> Result<()> {
+        let (address, _) = names::address(address)?;
+        let deleted = sqlx::query("DELETE FROM aliases WHERE address = $1")
+            .bind(&address)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("alias {address}")));
+        }
+        Ok(())
+    }
+
+    /// Every alias with its accounts, by address.
+    pub async fn list_aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let rows = sqlx::query(
+            "SELECT x.address, a.address FROM aliases x JOIN accounts a ON a.id = x.account_id \
+             ORDER BY x.address, a.address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for row in &rows {
+            let alias: String = row.try_get(0)?;
+            let account: String = row.try_get(1)?;
+            match out.last_mut() {
+                Some((last, accounts)) if *last == alias => accounts.push(account),
+                _ => out.push((alias, vec![account])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (or with an empty `account`, removes) the catch-all of a domain:
+    /// mail to unknown local parts goes to that account.
+    pub async fn set_catch_all(&self, domain: &str, account: &str) -> Result<()> {
+        let domain = names::domain(domain)?;
+        let account_id = if account.is_empty() {
+            None
+        } else {
+            let (account, account_domain) = names::address(account)?;
+            if account_domain != domain {
+                // Not required by anything, but a catch-all in another
+                // domain is almost always a typo.
+                tracing::info!(%domain, %account, "catch-all account in another domain");
+            }
+            Some(self.account_id(&account).await?)
+        };
+        let updated = sqlx::query("UPDATE domains SET catch_all_account_id = $1 WHERE name = $2")
+            .bind(account_id)
+            .bind(&domain)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("domain {domain}")));
+        }
+        Ok(())
+    }
+
+    /// Sets an account's storage limit in bytes; 0 is unlimited.
+    pub async fn set_quota(&self, address: &str, limit_bytes: u64) -> Result<()> {
+        let (address, _) = names::address(address)?;
+        let limit = i64::try_from(limit_bytes)
+            .map_err(|_| StoreError::Invalid(format!("quota {limit_bytes} too large")))?;
+        let updated = sqlx::query("UPDATE accounts SET quota_bytes = $1 WHERE address = $2")
+            .bind(limit)
+            .bind(&address)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("user {address}")));
+        }
+        tracing::info!(account = %address, limit_bytes, "quota set");
+        Ok(())
     }
 
     /// Checks a password; `Some(account)` when it matches. An unknown user

@@ -8,8 +8,8 @@
 //! become visible in ascending order (RFC 3501 §2.3.1.1).
 
 use mailfleet_proto::mailstore::{MailboxInfo, MailboxStatus, MessageInfo};
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use sqlx::any::{Any, AnyRow};
+use sqlx::{Row, Transaction};
 
 use super::names::{self, DELETED, FlagMode, SEEN};
 use super::{Result, Store, StoreError, now_ms, release_blob, to_u32, to_u64};
@@ -24,6 +24,8 @@ pub struct NewMessage<'a> {
     /// `<queue id>/<recipient>`; empty for no deduplication (IMAP APPEND).
     pub idempotency_key: &'a str,
     pub flags: &'a [String],
+    /// IMAP APPEND's date-time in ms since the epoch; 0 means now.
+    pub internal_date_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,7 @@ pub struct Delivered {
     /// The mailbox name as stored (`inbox` becomes `INBOX`).
     pub mailbox: String,
     pub uid: u32,
+    pub uid_validity: u32,
     /// The MODSEQ of the new message; 0 for a duplicate.
     pub modseq: u64,
     /// The idempotency key was seen before: nothing was stored.
@@ -46,9 +49,11 @@ pub struct Expunged {
 }
 
 /// A mailbox row, resolved from (account, name).
-struct MailboxRef {
-    id: i64,
-    name: String,
+pub(super) struct MailboxRef {
+    pub(super) id: i64,
+    pub(super) account_id: i64,
+    pub(super) name: String,
+    pub(super) uid_validity: i64,
 }
 
 impl Store {
@@ -59,7 +64,7 @@ impl Store {
         let flags = names::join_flags(&names::flags(new.flags)?);
         let mailbox = self.mailbox_ref(new.account, new.mailbox).await?;
         if let Some(uid) = self.delivered_uid(new.idempotency_key).await? {
-            return Ok(duplicate(mailbox.name, uid));
+            return Ok(duplicate(&mailbox, uid));
         }
 
         // Written before the transaction so that the SQLite write lock is
@@ -68,6 +73,11 @@ impl Store {
         let blob = self.blobs.put(new.message).await?;
         let size = i64::try_from(new.message.len()).unwrap_or(i64::MAX);
         let now = now_ms();
+        let internal_date = if new.internal_date_ms > 0 {
+            new.internal_date_ms
+        } else {
+            now
+        };
 
         let mut tx = self.begin_write().await?;
         if !new.idempotency_key.is_empty() {
@@ -92,8 +102,13 @@ impl Store {
                     .ok_or_else(|| {
                         StoreError::Corrupt("idempotency key vanished during delivery".into())
                     })?;
-                return Ok(duplicate(mailbox.name, uid));
+                return Ok(duplicate(&mailbox, uid));
             }
+        }
+        if let Err(error) = check_quota(&mut tx, mailbox.account_id, size).await {
+            tx.rollback().await?;
+            self.forget_blob_if_unreferenced(&blob).await?;
+            return Err(error);
         }
         let row = sqlx::query(
             "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1 \
@@ -112,7 +127,7 @@ impl Store {
         .bind(uid)
         .bind(&blob)
         .bind(size)
-        .bind(now)
+        .bind(internal_date)
         .bind(&flags)
         .bind(modseq)
         .execute(&mut *tx)
@@ -135,6 +150,7 @@ impl Store {
         Ok(Delivered {
             mailbox: mailbox.name,
             uid: to_u32(uid, "uid")?,
+            uid_validity: to_u32(mailbox.uid_validity, "uid_validity")?,
             modseq: to_u64(modseq, "modseq")?,
             duplicate: false,
         })
@@ -145,7 +161,8 @@ impl Store {
     pub async fn list_mailboxes(&self, account: &str) -> Result<Vec<MailboxInfo>> {
         let account_id = self.account_id(account).await?;
         let rows = sqlx::query(
-            "SELECT name, special_use FROM mailboxes WHERE account_id = $1 ORDER BY id",
+            "SELECT name, special_use, subscribed FROM mailboxes WHERE account_id = $1 \
+             ORDER BY id",
         )
         .bind(account_id)
         .fetch_all(&self.pool)
@@ -155,6 +172,7 @@ impl Store {
                 let special_use: String = row.try_get(1)?;
                 Ok(MailboxInfo {
                     name: row.try_get(0)?,
+                    subscribed: row.try_get::<i64, _>(2)? != 0,
                     attributes: if special_use.is_empty() {
                         Vec::new()
                     } else {
@@ -322,7 +340,7 @@ impl Store {
         })
     }
 
-    async fn account_id(&self, account: &str) -> Result<i64> {
+    pub(super) async fn account_id(&self, account: &str) -> Result<i64> {
         let (address, _) = names::address(account)?;
         Ok(sqlx::query("SELECT id FROM accounts WHERE address = $1")
             .bind(&address)
@@ -332,20 +350,24 @@ impl Store {
             .try_get(0)?)
     }
 
-    async fn mailbox_ref(&self, account: &str, mailbox: &str) -> Result<MailboxRef> {
+    pub(super) async fn mailbox_ref(&self, account: &str, mailbox: &str) -> Result<MailboxRef> {
         let (address, _) = names::address(account)?;
         let name = names::mailbox(mailbox)?;
-        let id: i64 = sqlx::query(
-            "SELECT b.id FROM mailboxes b JOIN accounts a ON a.id = b.account_id \
-             WHERE a.address = $1 AND b.name = $2",
+        let row = sqlx::query(
+            "SELECT b.id, b.account_id, b.uid_validity FROM mailboxes b \
+             JOIN accounts a ON a.id = b.account_id WHERE a.address = $1 AND b.name = $2",
         )
         .bind(&address)
         .bind(&name)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::NotFound(format!("mailbox {name:?} of {address}")))?
-        .try_get(0)?;
-        Ok(MailboxRef { id, name })
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox {name:?} of {address}")))?;
+        Ok(MailboxRef {
+            id: row.try_get(0)?,
+            account_id: row.try_get(1)?,
+            name,
+            uid_validity: row.try_get(2)?,
+        })
     }
 
     async fn delivered_uid(&self, key: &str) -> Result<Option<u32>> {
@@ -361,7 +383,7 @@ impl Store {
 
     /// A blob written for a delivery that turned out to be a duplicate:
     /// remove it unless a message already refers to the same content.
-    async fn forget_blob_if_unreferenced(&self, blob: &str) -> Result<()> {
+    pub(super) async fn forget_blob_if_unreferenced(&self, blob: &str) -> Result<()> {
         let referenced = sqlx::query("SELECT refcount FROM blob_refs WHERE blob = $1")
             .bind(blob)
             .fetch_optional(&self.pool)
@@ -374,16 +396,51 @@ impl Store {
     }
 }
 
-fn duplicate(mailbox: String, uid: u32) -> Delivered {
+fn duplicate(mailbox: &MailboxRef, uid: u32) -> Delivered {
     Delivered {
-        mailbox,
+        mailbox: mailbox.name.clone(),
         uid,
+        uid_validity: u32::try_from(mailbox.uid_validity).unwrap_or(0),
         modseq: 0,
         duplicate: true,
     }
 }
 
-fn message_info(row: &AnyRow) -> Result<MessageInfo> {
+/// Bytes stored by an account and its limit (0: unlimited), inside `tx`.
+pub(super) async fn usage(
+    tx: &mut Transaction<'static, Any>,
+    account_id: i64,
+) -> Result<(i64, i64, i64)> {
+    // CAST: PostgreSQL's SUM(bigint) is numeric, which `Any` cannot carry.
+    let row = sqlx::query(
+        "SELECT a.quota_bytes, \
+         COALESCE(CAST(SUM(m.size) AS BIGINT), 0), COUNT(m.uid) \
+         FROM accounts a LEFT JOIN mailboxes b ON b.account_id = a.id \
+         LEFT JOIN messages m ON m.mailbox_id = b.id WHERE a.id = $1 GROUP BY a.quota_bytes",
+    )
+    .bind(account_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((row.try_get(1)?, row.try_get(0)?, row.try_get(2)?))
+}
+
+/// Refuses `adding` more bytes when the account's quota would be exceeded
+/// (RFC 9208 §4.1: the limit applies to the sum of message sizes).
+pub(super) async fn check_quota(
+    tx: &mut Transaction<'static, Any>,
+    account_id: i64,
+    adding: i64,
+) -> Result<()> {
+    let (used, limit, _) = usage(tx, account_id).await?;
+    if limit > 0 && used.saturating_add(adding) > limit {
+        return Err(StoreError::OverQuota(format!(
+            "{used} of {limit} bytes used, {adding} more refused"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn message_info(row: &AnyRow) -> Result<MessageInfo> {
     Ok(MessageInfo {
         uid: to_u32(row.try_get(0)?, "uid")?,
         flags: names::split_flags(&row.try_get::<String, _>(1)?),

@@ -8,6 +8,7 @@
 //! `ON CONFLICT`, `RETURNING`, and only the types `Any` carries (i64, text).
 
 mod directory;
+mod folders;
 mod mailbox;
 pub mod names;
 
@@ -20,6 +21,7 @@ use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::{AnyPool, Row, Transaction};
 
 pub use directory::Lookup;
+pub use folders::{Copied, Quota};
 pub use mailbox::{Delivered, Expunged, NewMessage};
 pub use names::FlagMode;
 
@@ -43,6 +45,9 @@ pub enum StoreError {
     Hash(String),
     #[error("stored value out of range: {0}")]
     Corrupt(String),
+    /// The account's quota would be exceeded (RFC 9208 `OVERQUOTA`).
+    #[error("quota exceeded: {0}")]
+    OverQuota(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -63,11 +68,18 @@ struct Migration {
 }
 
 /// Applied in order; a version is never edited once released, only added.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sqlite: include_str!("../../migrations/sqlite/0002_folders_aliases_quota.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_folders_aliases_quota.sql"),
+    },
+];
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serialises
 /// migrations when several replicas start at once.

@@ -84,6 +84,24 @@ pub fn mailbox(raw: &str) -> Result<String, StoreError> {
     Ok(raw.to_owned())
 }
 
+/// A name a client may create or rename to (RFC 9051 §5.1): a valid
+/// mailbox name without empty hierarchy levels (`a//b`, `/a`, `a/`).
+pub fn new_mailbox(raw: &str) -> Result<String, StoreError> {
+    let name = mailbox(raw)?;
+    if name.split('/').any(str::is_empty) {
+        return Err(StoreError::Invalid(format!("invalid mailbox name {raw:?}")));
+    }
+    Ok(name)
+}
+
+/// The superior names of a hierarchical name, outermost first:
+/// `a/b/c` has `a` and `a/b`.
+pub fn parents(name: &str) -> Vec<String> {
+    name.match_indices('/')
+        .map(|(i, _)| name[..i].to_owned())
+        .collect()
+}
+
 /// Checks and canonicalises flags: system flags get their RFC spelling,
 /// keywords must be IMAP atoms; the result is sorted and free of duplicates.
 pub fn flags(raw: &[String]) -> Result<Vec<String>, StoreError> {
@@ -187,6 +205,16 @@ mod tests {
         assert_eq!(mailbox("inbox").unwrap(), "INBOX");
         assert_eq!(mailbox("Junk").unwrap(), "Junk");
         assert!(mailbox("a\nb").is_err());
+    }
+
+    #[test]
+    fn new_names_and_parents() {
+        assert_eq!(new_mailbox("a/b").unwrap(), "a/b");
+        for bad in ["a//b", "/a", "a/"] {
+            assert!(new_mailbox(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parents("a/b/c"), vec!["a", "a/b"]);
+        assert!(parents("a").is_empty());
     }
 
     #[test]
