@@ -2,7 +2,7 @@
 # private NATS (JetStream), PostgreSQL and Redis instances in a directory, on
 # free loopback ports. Source it, then call the functions.
 #
-#   infra_install            apt-get the servers that are missing
+#   infra_install [CMD...]   apt-get the servers (and commands CMD) that are missing
 #   infra_start DIR          start all three under DIR; exports
 #                            MAILFLEET_TEST_NATS_URL, _POSTGRES_URL, _REDIS_URL
 #   infra_stop               stop what infra_start started
@@ -26,6 +26,8 @@ infra_install() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v swaks >/dev/null || missing+=(swaks)
+    local cmd
+    for cmd in "$@"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]}" >&2
         if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi

@@ -1,0 +1,96 @@
+{{/* Names and labels. */}}
+{{- define "mailfleet.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mailfleet.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailfleet.labels" -}}
+app.kubernetes.io/name: {{ include "mailfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Selector labels of one target: (dict "root" $ "target" "smtp-edge"). */}}
+{{- define "mailfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailfleet.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .target }}
+{{- end -}}
+
+{{- define "mailfleet.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "mailfleet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mailfleet.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailfleet.tlsSecret" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- .Values.tls.existingSecret -}}
+{{- else if .Values.tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "mailfleet.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailfleet.blobClaim" -}}
+{{- default (printf "%s-blobs" (include "mailfleet.fullname" .)) .Values.blobs.existingClaim -}}
+{{- end -}}
+
+{{/*
+The targets: values key, target name, client ports as
+name:standard:unprivileged, and whether it needs the shared blob volume.
+*/}}
+{{- define "mailfleet.targets" -}}
+smtpEdge:
+  name: smtp-edge
+  ports:
+    - {name: smtp, port: 25, high: 2525, key: smtp}
+    - {name: submission, port: 587, high: 2587, key: submission}
+    - {name: submissions, port: 465, high: 2465, key: submissions}
+  blobs: true
+filter:
+  name: filter
+  ports:
+    - {name: grpc, port: 7401, high: 7401, key: filter_grpc}
+  blobs: false
+delivery:
+  name: delivery
+  ports: []
+  blobs: true
+mailstore:
+  name: mailstore
+  ports:
+    - {name: grpc, port: 7402, high: 7402, key: mailstore_grpc}
+  blobs: true
+access:
+  name: access
+  ports:
+    - {name: imap, port: 143, high: 1143, key: imap}
+    - {name: imaps, port: 993, high: 1993, key: imaps}
+    - {name: pop3, port: 110, high: 1110, key: pop3}
+    - {name: pop3s, port: 995, high: 1995, key: pop3s}
+  blobs: false
+{{- end -}}
+
+{{/* The port a pod binds for a client port entry. */}}
+{{- define "mailfleet.containerPort" -}}
+{{- if and .root.Values.bindPrivilegedPorts (lt (int .port.port) 1024) -}}
+{{- .port.port -}}
+{{- else -}}
+{{- .port.high -}}
+{{- end -}}
+{{- end -}}
