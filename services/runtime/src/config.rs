@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,7 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub dns: Dns,
     pub tls: Tls,
+    pub filter: Filter,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             shutdown: Shutdown::default(),
             dns: Dns::default(),
             tls: Tls::default(),
+            filter: Filter::default(),
         }
     }
 }
@@ -232,8 +235,13 @@ pub struct Delivery {
     pub workers: usize,
     /// Seconds a taken entry stays leased before another worker may take it.
     pub lease_secs: u64,
-    /// Seconds before a failed attempt is retried.
-    pub retry_secs: u64,
+    /// Waits between attempts of a destination after a transient failure
+    /// ("30s", "5m", "1h", "2d"); the last one repeats.
+    pub retry_intervals: Vec<String>,
+    /// How long a message is retried before it bounces ("5d").
+    pub max_queue_lifetime: String,
+    /// TCP port of remote MX servers: 25, another one in tests.
+    pub remote_smtp_port: u16,
 }
 
 impl Default for Delivery {
@@ -241,9 +249,45 @@ impl Default for Delivery {
         Delivery {
             workers: 4,
             lease_secs: 300,
-            retry_secs: 300,
+            retry_intervals: ["5m", "10m", "30m", "1h", "2h", "4h"]
+                .map(String::from)
+                .to_vec(),
+            max_queue_lifetime: "5d".into(),
+            remote_smtp_port: 25,
         }
     }
+}
+
+impl Delivery {
+    /// `retry_intervals` parsed; invalid entries were refused by `validate`.
+    pub fn retry_schedule(&self) -> Vec<Duration> {
+        self.retry_intervals
+            .iter()
+            .filter_map(|s| parse_duration(s))
+            .collect()
+    }
+
+    /// `max_queue_lifetime` parsed (5 days if invalid, which `validate` refuses).
+    pub fn queue_lifetime(&self) -> Duration {
+        parse_duration(&self.max_queue_lifetime).unwrap_or(Duration::from_secs(5 * 86400))
+    }
+}
+
+/// A duration as written in the config: a number and a unit, `s`, `m`,
+/// `h` or `d` ("90s", "5m", "4h", "5d").
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    number.checked_mul(unit_secs).map(Duration::from_secs)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -311,6 +355,101 @@ pub struct Tls {
     pub cert_file: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+}
+
+/// Sender authentication and spam scoring (the `filter` target).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    /// The authserv-id naming this server in `Authentication-Results:`
+    /// (RFC 8601 §2.5); empty: `hostname`.
+    pub authserv_id: String,
+    /// Also add a `Received-SPF:` header (RFC 7208 §9.1).
+    pub received_spf: bool,
+    /// Act on DMARC policies: `p=reject` refuses the message (550 5.7.1),
+    /// `p=quarantine` delivers it to Junk. False: report only.
+    pub dmarc_enforce: bool,
+    /// DNS blocklist zones queried with the client IP (RFC 5782).
+    pub dnsbl_zones: Vec<String>,
+    /// URI blocklist zones queried with the domains linked in the body.
+    pub uribl_zones: Vec<String>,
+    /// Score added per DNSBL / URIBL listing.
+    pub dnsbl_score: f64,
+    pub uribl_score: f64,
+    /// Score from which `X-Spam-Flag: YES` is added.
+    pub add_header_score: f64,
+    /// Score from which a message goes to Junk.
+    pub junk_score: f64,
+    /// Score from which a message is refused (550 5.7.1).
+    pub reject_score: f64,
+    /// Score from which an unknown (client /24, sender, recipient) triplet
+    /// is greylisted with 451 4.7.1 once; 0 turns greylisting off.
+    pub greylist_score: f64,
+    /// Seconds a greylisting triplet is remembered.
+    pub greylist_window_secs: u64,
+    /// Attachment name extensions scored as suspicious.
+    pub attachment_extensions: Vec<String>,
+    /// Refuse messages with such attachments instead of scoring them.
+    pub reject_attachments: bool,
+    /// Domains whose names in a display name (`"example.org support"
+    /// <x@elsewhere>`) are spoofing; the recipients' domains count too.
+    pub local_domains: Vec<String>,
+    /// Brand names whose use in a From display name from another domain
+    /// is scored as spoofing.
+    pub brands: Vec<String>,
+    /// Score messages with the Bayesian classifier (trained with
+    /// `mailfleet filter train`); tokens in `<data_dir>/bayes.db`, or in
+    /// Redis when `backends.counters_url` is set.
+    pub bayes: bool,
+    /// Operator rules: `{ name, header, pattern, score }`, a regex over a
+    /// header's values (`header = ""`: over the text body).
+    pub rules: Vec<FilterRule>,
+}
+
+/// One operator rule of `[[filter.rules]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterRule {
+    pub name: String,
+    pub header: String,
+    pub pattern: String,
+    pub score: f64,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            authserv_id: String::new(),
+            received_spf: false,
+            dmarc_enforce: true,
+            dnsbl_zones: Vec::new(),
+            uribl_zones: Vec::new(),
+            dnsbl_score: 4.0,
+            uribl_score: 4.0,
+            add_header_score: 3.0,
+            junk_score: 5.0,
+            reject_score: 15.0,
+            greylist_score: 0.0,
+            greylist_window_secs: 86400,
+            attachment_extensions: ["exe", "scr", "js", "vbs", "bat"]
+                .map(String::from)
+                .to_vec(),
+            reject_attachments: false,
+            local_domains: Vec::new(),
+            brands: [
+                "paypal",
+                "apple",
+                "microsoft",
+                "amazon",
+                "google",
+                "netflix",
+            ]
+            .map(String::from)
+            .to_vec(),
+            bayes: true,
+            rules: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -412,7 +551,10 @@ impl Config {
         for (key, list) in [
             ("smtp.relay_networks", &self.smtp.relay_networks),
             ("smtp.trusted_networks", &self.smtp.trusted_networks),
-            ("smtp.proxy_trusted_networks", &self.smtp.proxy_trusted_networks),
+            (
+                "smtp.proxy_trusted_networks",
+                &self.smtp.proxy_trusted_networks,
+            ),
         ] {
             for value in list {
                 if value.parse::<Cidr>().is_err() {
@@ -427,6 +569,25 @@ impl Config {
         }
         if self.delivery.workers == 0 {
             problems.push("delivery.workers must be at least 1".into());
+        }
+        if self.delivery.retry_intervals.is_empty() {
+            problems.push("delivery.retry_intervals must not be empty".into());
+        }
+        for value in &self.delivery.retry_intervals {
+            if parse_duration(value).is_none_or(|d| d.is_zero()) {
+                problems.push(format!(
+                    "delivery.retry_intervals: {value:?} is not a duration like \"30s\", \"5m\", \"4h\" or \"5d\""
+                ));
+            }
+        }
+        if parse_duration(&self.delivery.max_queue_lifetime).is_none() {
+            problems.push(format!(
+                "delivery.max_queue_lifetime = {:?} is not a duration like \"5d\"",
+                self.delivery.max_queue_lifetime
+            ));
+        }
+        if self.delivery.remote_smtp_port == 0 {
+            problems.push("delivery.remote_smtp_port must not be 0".into());
         }
         if let Err(e) = crate::dns::parse_servers(&self.dns.servers) {
             problems.push(e.to_string());
@@ -566,7 +727,12 @@ mod tests {
         assert!(!net.contains("2001:db8::1".parse().unwrap()));
         let host: Cidr = "::1".parse().unwrap();
         assert!(host.contains("::1".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("example.org/8".parse::<Cidr>().is_err());
     }
@@ -634,6 +800,25 @@ mod tests {
         let reference: toml::Table = text.parse().unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         assert_eq!(reference, defaults);
+    }
+
+    #[test]
+    fn delivery_durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5d"), Some(Duration::from_secs(432_000)));
+        for bad in ["", "5", "m", "5 m", "-5m", "5w", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let d = Delivery::default();
+        assert_eq!(d.retry_schedule().len(), 6);
+        assert_eq!(d.queue_lifetime(), Duration::from_secs(5 * 86400));
+        let err = Config::load(
+            None,
+            &env(&[("MAILFLEET__DELIVERY__RETRY_INTERVALS", "[\"5x\"]")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("retry_intervals"), "{err}");
     }
 
     #[test]

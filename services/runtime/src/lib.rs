@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod subjects;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 pub use config::Config;
 pub use context::{Context, Readiness};
