@@ -47,14 +47,23 @@ pub fn router(ctx: Arc<Context>, token: String) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
+/// 200 when every started component is ready and every backend this
+/// process uses (NATS, Redis, the queue) answers; 503 with the reasons else.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let (ready, components) = s.ctx.readiness.report();
+    let (mut ready, components) = s.ctx.readiness.report();
     let mut text = String::new();
     for (name, ok) in components {
         text.push_str(&format!(
             "{name}: {}\n",
             if ok { "ready" } else { "not ready" }
         ));
+    }
+    let failures = tokio::time::timeout(std::time::Duration::from_secs(3), s.ctx.check_backends())
+        .await
+        .unwrap_or_else(|_| vec![("backends", "no answer within 3 s".to_owned())]);
+    for (backend, error) in failures {
+        ready = false;
+        text.push_str(&format!("{backend}: unavailable: {error}\n"));
     }
     let status = if ready {
         StatusCode::OK

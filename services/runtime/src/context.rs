@@ -125,6 +125,28 @@ impl Context {
 }
 
 impl Context {
+    /// Checks every backend this process has opened (never opens one):
+    /// `(name, error)` for each that fails, for `/readyz`.
+    pub async fn check_backends(&self) -> Vec<(&'static str, String)> {
+        let mut failures = Vec::new();
+        if let Some(queue) = self.queue.get()
+            && let Err(e) = queue.depth().await
+        {
+            failures.push(("queue", e.to_string()));
+        }
+        if let Some(events) = self.events.get()
+            && let Err(e) = events.ping().await
+        {
+            failures.push(("events", e.to_string()));
+        }
+        if let Some(counters) = self.counters.get()
+            && let Err(e) = counters.ping().await
+        {
+            failures.push(("counters", e.to_string()));
+        }
+        failures
+    }
+
     /// The TLS certificate of every listener of this process (loaded, or
     /// generated for a single node, on first use). Call
     /// [`TlsProvider::watch`] once to reload it when the files change.

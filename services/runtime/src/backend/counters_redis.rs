@@ -39,6 +39,12 @@ impl RedisCounters {
 
 #[async_trait]
 impl Counters for RedisCounters {
+    async fn ping(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        Ok(())
+    }
+
     async fn hit(&self, key: &str, window: Duration) -> Result<u64> {
         let window_ms = window_ms(window)?;
         let index = now_ms() / window_ms;

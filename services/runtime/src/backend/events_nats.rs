@@ -26,6 +26,13 @@ impl NatsEvents {
 
 #[async_trait]
 impl Events for NatsEvents {
+    async fn ping(&self) -> Result<()> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(BackendError::Nats(format!("not connected: {state:?}"))),
+        }
+    }
+
     async fn publish(&self, event: &MailboxEvent) -> Result<()> {
         self.client
             .publish(

@@ -102,6 +102,11 @@ pub trait Events: Send + Sync + 'static {
     async fn publish(&self, event: &MailboxEvent) -> Result<()>;
     /// Events of one account from now on.
     async fn subscribe(&self, account: &str) -> Result<BoxStream<'static, MailboxEvent>>;
+
+    /// Fails when the backend cannot be reached (for `/readyz`).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Fixed-window counters for rate limits, shared by every replica in a cluster.
@@ -110,6 +115,11 @@ pub trait Counters: Send + Sync + 'static {
     /// Adds one to `key` in the current window of length `window` and
     /// returns the count in that window, this hit included.
     async fn hit(&self, key: &str, window: Duration) -> Result<u64>;
+
+    /// Fails when the backend cannot be reached (for `/readyz`).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Content-addressed message blobs (SHA-256 hex ids).
