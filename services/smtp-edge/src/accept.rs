@@ -44,7 +44,7 @@ impl QueueAcceptor {
                 .iter()
                 .map(|r| r.address.clone())
                 .collect(),
-            authenticated: false,
+            authenticated: envelope.auth_account.is_some(),
             message: message.to_vec(),
         });
         request.set_timeout(FILTER_TIMEOUT);
@@ -97,7 +97,9 @@ impl QueueAcceptor {
                     address: r.address.clone(),
                     account: r.account.clone(),
                     status: RecipientStatus::Pending as i32,
-                    last_error: String::new(),
+                    dsn_notify: r.notify.clone().unwrap_or_default(),
+                    dsn_orcpt: r.orcpt.clone().unwrap_or_default(),
+                    ..Recipient::default()
                 })
                 .collect(),
             blob: blob_id,
@@ -108,8 +110,10 @@ impl QueueAcceptor {
                 .unwrap_or_default(),
             verdict: verdict.action,
             message_id: header_value(message, "Message-ID").unwrap_or_default(),
-            traceparent: String::new(),
-            attempts: 0,
+            dsn_ret: envelope.dsn_ret.unwrap_or_default().to_owned(),
+            dsn_envid: envelope.dsn_envid.clone().unwrap_or_default(),
+            auth_account: envelope.auth_account.clone().unwrap_or_default(),
+            ..QueueEntry::default()
         };
         let queue = self.ctx.queue().await.map_err(storage)?;
         // The blob may stay behind if this fails: the spool is
@@ -157,7 +161,10 @@ fn push_header(out: &mut Vec<u8>, header: &Header) {
 }
 
 /// RFC 5321 §4.4 trace header:
-/// `Received: from <helo> ([<ip>]) by <host> (Mailfleet) with ESMTP id <id>; <date>`.
+/// `Received: from <helo> ([<ip>]) by <host> (Mailfleet) with ESMTPSA (<tls>) id <id>; <date>`.
+/// The protocol names are RFC 3848's (`S`: TLS, `A`: AUTH); the TLS version
+/// and cipher suite are a comment, as Postfix and Exim write them. The
+/// authenticated user's name is not recorded (it would leak to recipients).
 pub fn received(id: &str, envelope: &Envelope, hostname: &str, now: SystemTime) -> String {
     let helo = if envelope.helo.is_empty() {
         "unknown".to_owned()
@@ -179,13 +186,34 @@ pub fn received(id: &str, envelope: &Envelope, hostname: &str, now: SystemTime) 
         // RFC 5321 §4.1.3: IPv6 address literals carry a tag.
         std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
     };
-    let protocol = if envelope.esmtp { "ESMTP" } else { "SMTP" };
+    let protocol = match (
+        envelope.esmtp,
+        envelope.tls.is_some(),
+        envelope.auth_account.is_some(),
+    ) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    };
+    let tls = envelope
+        .tls
+        .as_deref()
+        .map(|t| {
+            let t: String = t
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "._- ".contains(*c))
+                .collect();
+            format!(" ({t})")
+        })
+        .unwrap_or_default();
     let secs = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     format!(
-        "Received: from {helo} ({ip})\r\n\tby {hostname} (Mailfleet) with {protocol} id {id};\r\n\t{}\r\n",
+        "Received: from {helo} ({ip})\r\n\tby {hostname} (Mailfleet) with {protocol}{tls} id {id};\r\n\t{}\r\n",
         rfc5322_date(secs)
     )
 }
@@ -300,11 +328,16 @@ mod tests {
             client_ip: "192.0.2.1".parse().unwrap(),
             helo: "client.example (evil)\r\n".into(),
             esmtp: true,
+            tls: None,
+            auth_account: None,
             mail_from: "a@client.example".into(),
             recipients: vec![Recipient {
                 address: "alice@example.org".into(),
                 account: "alice@example.org".into(),
+                ..Recipient::default()
             }],
+            dsn_ret: None,
+            dsn_envid: None,
         };
         let header = received(
             "0190-id",
@@ -316,6 +349,17 @@ mod tests {
             header,
             "Received: from client.example??evil??? ([192.0.2.1])\r\n\tby mx.example.org (Mailfleet) with ESMTP id 0190-id;\r\n\tTue, 1 Jul 2003 10:52:37 +0000\r\n"
         );
+        let envelope = Envelope {
+            tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+            auth_account: Some("alice@example.org".into()),
+            ..envelope
+        };
+        let header = received("id", &envelope, "mx.example.org", UNIX_EPOCH);
+        assert!(
+            header.contains("with ESMTPSA (TLSv1.3 TLS13_AES_256_GCM_SHA384) id id;"),
+            "{header}"
+        );
+        assert!(!header.contains("alice"), "{header}");
     }
 
     #[test]

@@ -15,6 +15,12 @@ use crate::reply::Reply;
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Any byte stream a session runs over: TCP, TLS over TCP, an in-memory
+/// duplex in tests. STARTTLS swaps one for another under the session.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// What reading a command line gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
@@ -128,6 +134,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Ok(None);
             }
         }
+    }
+
+    /// Reads a BDAT chunk of exactly `size` bytes (RFC 3030 §2), handing
+    /// them to `sink` as they come; `false` if the client closed first.
+    /// Each read waits at most `timeout`.
+    pub async fn read_chunk(
+        &mut self,
+        mut size: u64,
+        timeout: Duration,
+        mut sink: impl FnMut(&[u8]),
+    ) -> io::Result<bool> {
+        loop {
+            let take = self
+                .read
+                .len()
+                .min(usize::try_from(size).unwrap_or(usize::MAX));
+            sink(&self.read[..take]);
+            self.read.drain(..take);
+            size -= take as u64;
+            if size == 0 {
+                return Ok(true);
+            }
+            self.flush().await?;
+            let n = tokio::time::timeout(timeout, self.fill())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            if n == 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Flushes and gives the stream back, with how many bytes the client
+    /// had already sent past the last command. RFC 3207 §4.2 / CVE-2011-0411:
+    /// after STARTTLS, those were sent in clear and must be thrown away.
+    pub async fn into_stream(mut self) -> io::Result<(S, usize)> {
+        self.flush().await?;
+        Ok((self.stream, self.read.len()))
     }
 
     async fn fill(&mut self) -> io::Result<usize> {

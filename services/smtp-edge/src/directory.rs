@@ -1,13 +1,15 @@
-//! [`RecipientLookup`] over gRPC: `Directory.LookupRecipient` of mailstore.
+//! [`RecipientLookup`] and [`Authenticator`] over gRPC:
+//! `Directory.LookupRecipient` and `Directory.Authenticate` of mailstore.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mailfleet_proto::mailstore::LookupRequest;
 use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::lookup_reply::Kind;
+use mailfleet_proto::mailstore::{AuthRequest, LookupRequest};
 use tonic::transport::Channel;
 
+use crate::auth::{AuthError, AuthOutcome, Authenticator};
 use crate::session::{Lookup, LookupError, RecipientLookup};
 
 /// How long RCPT waits for the directory before answering 451.
@@ -50,6 +52,31 @@ impl RecipientLookup for DirectoryLookup {
             },
             Kind::UnknownUser => Lookup::UnknownUser,
             Kind::Remote => Lookup::Remote,
+        })
+    }
+}
+
+#[async_trait]
+impl Authenticator for DirectoryLookup {
+    async fn authenticate(&self, user: &str, password: &str) -> Result<AuthOutcome, AuthError> {
+        let mut request = tonic::Request::new(AuthRequest {
+            address: user.to_owned(),
+            password: password.to_owned(),
+        });
+        request.set_timeout(LOOKUP_TIMEOUT);
+        let reply = self
+            .client
+            .clone()
+            .authenticate(request)
+            .await
+            .map_err(|status| AuthError(status.to_string()))?
+            .into_inner();
+        Ok(if reply.ok && !reply.account.is_empty() {
+            AuthOutcome::Ok {
+                account: reply.account,
+            }
+        } else {
+            AuthOutcome::Invalid
         })
     }
 }

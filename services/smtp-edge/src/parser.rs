@@ -4,7 +4,13 @@
 //! output to what this server serves and refuses parameters it never
 //! advertised (RFC 5321 §4.1.1.11: 555).
 
-use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
+    RCPT_NOTIFY_SUCCESS, Request,
+};
+
+use crate::auth::Mechanism;
 
 /// A command this server understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +29,21 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
-    /// A command of SMTP or its extensions this server does not serve (yet):
-    /// STARTTLS, AUTH, BDAT, EXPN, ETRN, ... (RFC 5321 §4.2.4: 502).
+    /// RFC 3207.
+    StartTls,
+    /// RFC 4954 §4: `AUTH mechanism [initial-response]`; `mechanism` is
+    /// `None` for one this server does not offer.
+    Auth {
+        mechanism: Option<Mechanism>,
+        initial_response: Option<String>,
+    },
+    /// RFC 3030 §2: `BDAT chunk-size [LAST]`; the chunk follows the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// A command of SMTP or its extensions this server does not serve:
+    /// EXPN, ETRN, BURL, ... (RFC 5321 §4.2.4: 502).
     NotImplemented {
         verb: &'static str,
     },
@@ -48,12 +67,20 @@ pub struct MailFrom {
     pub body: Body,
     /// RFC 6531 §3.4: the SMTPUTF8 parameter.
     pub smtputf8: bool,
+    /// RFC 3461 §4.3: `RET=FULL` or `RET=HDRS`.
+    pub ret: Option<&'static str>,
+    /// RFC 3461 §4.4: `ENVID`, xtext-decoded.
+    pub envid: Option<String>,
 }
 
-/// `RCPT TO:<forward-path>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `RCPT TO:<forward-path> [parameters]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RcptTo {
     pub address: String,
+    /// RFC 3461 §4.1: `NEVER` or a comma list of `SUCCESS`, `FAILURE`, `DELAY`.
+    pub notify: Option<String>,
+    /// RFC 3461 §4.2: `rfc822;address`, xtext-decoded.
+    pub orcpt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +111,10 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         &owned
     };
     if let Some(address) = postmaster(line) {
-        return Ok(Command::Rcpt(RcptTo { address }));
+        return Ok(Command::Rcpt(RcptTo {
+            address,
+            ..RcptTo::default()
+        }));
     }
     let request = Request::parse(&mut line.iter()).map_err(map_error)?;
     Ok(match request {
@@ -102,6 +132,25 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         Request::Quit => Command::Quit,
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Help { .. } => Command::Help,
+        Request::StartTls => Command::StartTls,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Command::Auth {
+            mechanism: match mechanism {
+                AUTH_PLAIN => Some(Mechanism::Plain),
+                AUTH_LOGIN => Some(Mechanism::Login),
+                _ => None,
+            },
+            initial_response: Some(initial_response.into_owned()).filter(|r| !r.is_empty()),
+        },
+        Request::Bdat {
+            chunk_size,
+            is_last,
+        } => Command::Bdat {
+            size: chunk_size as u64,
+            last: is_last,
+        },
         other => Command::NotImplemented { verb: other.name() },
     })
 }
@@ -125,20 +174,20 @@ fn map_error(error: ProtoError) -> ParseError {
 fn mail_from(
     from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
 ) -> Result<MailFrom, ParseError> {
-    let unsupported = from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8);
+    let known = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8 | MAIL_RET_FULL | MAIL_RET_HDRS;
+    let unsupported = from.flags & !known;
     if unsupported != 0 {
-        // BINARYMIME (needs CHUNKING), REQUIRETLS, DSN's RET, DELIVERBY:
-        // none is advertised in EHLO.
+        // BINARYMIME, REQUIRETLS, DELIVERBY: none is advertised in EHLO.
         return Err(ParseError::UnsupportedParameter(format!(
             "flags {unsupported:#x}"
         )));
     }
+    // RFC 4954 §5: `AUTH=<mailbox>` is accepted and ignored (we do not
+    // trust other servers' claims), as submission clients send `AUTH=<>`.
     for (name, given) in [
-        ("ENVID", from.env_id.is_some()),
         ("TRANSID", from.trans_id.is_some()),
         ("SOLICIT", from.solicit.is_some()),
         ("MTRK", from.mtrk.is_some()),
-        ("AUTH", from.auth.is_some()),
         ("BY", from.by != 0),
         ("HOLDFOR", from.hold_for != 0),
         ("HOLDUNTIL", from.hold_until != 0),
@@ -162,20 +211,55 @@ fn mail_from(
             Body::SevenBit
         },
         smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+        ret: if from.flags & MAIL_RET_FULL != 0 {
+            Some("FULL")
+        } else if from.flags & MAIL_RET_HDRS != 0 {
+            Some("HDRS")
+        } else {
+            None
+        },
+        envid: from.env_id.map(|e| e.into_owned()),
     })
 }
 
 fn rcpt_to(to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Result<RcptTo, ParseError> {
-    if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
-        // DSN's NOTIFY/ORCPT, RRVS, CONNEG: not advertised.
+    let notify_flags = RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY;
+    if to.flags & !(notify_flags | RCPT_NOTIFY_NEVER) != 0 || to.rrvs != 0 {
+        // RRVS, CONNEG: not advertised.
         return Err(ParseError::UnsupportedParameter("RCPT parameters".into()));
     }
+    // RFC 3461 §4.1: NEVER stands alone.
+    if to.flags & RCPT_NOTIFY_NEVER != 0 && to.flags & notify_flags != 0 {
+        return Err(ParseError::InvalidParameter("NOTIFY"));
+    }
+    let notify = if to.flags & RCPT_NOTIFY_NEVER != 0 {
+        Some("NEVER".to_owned())
+    } else if to.flags & notify_flags != 0 {
+        let names: Vec<&str> = [
+            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+            (RCPT_NOTIFY_FAILURE, "FAILURE"),
+            (RCPT_NOTIFY_DELAY, "DELAY"),
+        ]
+        .iter()
+        .filter(|(flag, _)| to.flags & flag != 0)
+        .map(|(_, name)| *name)
+        .collect();
+        Some(names.join(","))
+    } else {
+        None
+    };
+    // smtp-proto accepts only the rfc822 address type and drops its name.
+    let orcpt = to.orcpt.map(|o| format!("rfc822;{o}"));
     let address = to.address.into_owned();
     // RFC 5321 §4.1.1.3: `<Postmaster>` without a domain must be accepted.
     if !(is_mailbox(&address) || address.eq_ignore_ascii_case("postmaster")) {
         return Err(ParseError::BadRecipient);
     }
-    Ok(RcptTo { address })
+    Ok(RcptTo {
+        address,
+        notify,
+        orcpt,
+    })
 }
 
 /// RFC 5321 §4.1.1.3: `RCPT TO:<Postmaster>` (no domain) must be
@@ -235,6 +319,8 @@ mod tests {
                 size: Some(1000),
                 body: Body::EightBitMime,
                 smtputf8: true,
+                ret: None,
+                envid: None,
             }))
         );
         assert_eq!(
@@ -244,6 +330,8 @@ mod tests {
                 size: None,
                 body: Body::SevenBit,
                 smtputf8: false,
+                ret: None,
+                envid: None,
             }))
         );
     }
@@ -267,13 +355,15 @@ mod tests {
         assert_eq!(
             parse("RCPT TO:<alice@example.org>\r\n"),
             Ok(Command::Rcpt(RcptTo {
-                address: "alice@example.org".into()
+                address: "alice@example.org".into(),
+                ..RcptTo::default()
             }))
         );
         assert_eq!(
             parse("RCPT TO:<Postmaster>\r\n"),
             Ok(Command::Rcpt(RcptTo {
-                address: "Postmaster".into()
+                address: "Postmaster".into(),
+                ..RcptTo::default()
             }))
         );
         assert!(parse("RCPT TO:<>\r\n").is_err());
@@ -297,14 +387,37 @@ mod tests {
             Err(ParseError::UnsupportedParameter(_))
         ));
         assert!(matches!(
-            parse("MAIL FROM:<a@b.example> RET=FULL\r\n"),
+            parse("MAIL FROM:<a@b.example> REQUIRETLS\r\n"),
             Err(ParseError::UnsupportedParameter(_))
         ));
         assert!(matches!(
-            parse("RCPT TO:<a@b.example> NOTIFY=NEVER\r\n"),
+            parse("RCPT TO:<a@b.example> RRVS=2014-04-03T23:01:00Z\r\n"),
             Err(ParseError::UnsupportedParameter(_))
         ));
         assert!(parse("MAIL FROM:<a@b.example> FOO=BAR\r\n").is_err());
+    }
+
+    #[test]
+    fn dsn_parameters() {
+        let Ok(Command::Mail(from)) =
+            parse("MAIL FROM:<a@b.example> RET=HDRS ENVID=QQ314159+2Bx\r\n")
+        else {
+            panic!("DSN MAIL parameters refused");
+        };
+        assert_eq!(from.ret, Some("HDRS"));
+        assert_eq!(from.envid.as_deref(), Some("QQ314159+x"));
+        let Ok(Command::Rcpt(to)) =
+            parse("RCPT TO:<c@d.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;C+40d.example\r\n")
+        else {
+            panic!("DSN RCPT parameters refused");
+        };
+        assert_eq!(to.notify.as_deref(), Some("SUCCESS,DELAY"));
+        assert_eq!(to.orcpt.as_deref(), Some("rfc822;C@d.example"));
+        let Ok(Command::Rcpt(to)) = parse("RCPT TO:<c@d.example> NOTIFY=NEVER\r\n") else {
+            panic!("NOTIFY=NEVER refused");
+        };
+        assert_eq!(to.notify.as_deref(), Some("NEVER"));
+        assert!(parse("RCPT TO:<c@d.example> NOTIFY=NEVER,SUCCESS\r\n").is_err());
     }
 
     #[test]
@@ -316,10 +429,47 @@ mod tests {
         assert_eq!(parse("VRFY alice\r\n"), Ok(Command::Vrfy));
         assert_eq!(parse("HELP\r\n"), Ok(Command::Help));
         assert_eq!(parse("HELP MAIL\r\n"), Ok(Command::Help));
+        assert_eq!(parse("STARTTLS\r\n"), Ok(Command::StartTls));
         assert_eq!(
-            parse("STARTTLS\r\n"),
-            Ok(Command::NotImplemented { verb: "STARTTLS" })
+            parse("EXPN staff\r\n"),
+            Ok(Command::NotImplemented { verb: "EXPN" })
         );
+        assert_eq!(
+            parse("BDAT 100 LAST\r\n"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("BDAT 0\r\n"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
+        assert!(parse("BDAT x\r\n").is_err());
+        assert_eq!(
+            parse("AUTH PLAIN AGEAYg==\r\n"),
+            Ok(Command::Auth {
+                mechanism: Some(Mechanism::Plain),
+                initial_response: Some("AGEAYg==".into())
+            })
+        );
+        assert_eq!(
+            parse("auth login\r\n"),
+            Ok(Command::Auth {
+                mechanism: Some(Mechanism::Login),
+                initial_response: None
+            })
+        );
+        assert!(matches!(
+            parse("AUTH CRAM-MD5\r\n"),
+            Ok(Command::Auth {
+                mechanism: None,
+                ..
+            })
+        ));
         assert_eq!(parse("FOO\r\n"), Err(ParseError::Unknown));
         assert_eq!(parse("\r\n"), Err(ParseError::Unknown));
         assert_eq!(parse("MAILX FROM:<a@b>\r\n"), Err(ParseError::Unknown));

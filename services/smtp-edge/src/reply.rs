@@ -101,11 +101,63 @@ pub const CANNOT_VRFY: Reply = Reply::new(
     "2.5.0",
     "cannot verify user, but will accept message and attempt delivery",
 );
+/// RFC 5321 §4.1.1.8.
 pub const HELP: Reply = Reply::new(
     214,
     "2.0.0",
-    "commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    "commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
 );
+/// RFC 3207 §4.
+pub const READY_FOR_TLS: Reply = Reply::new(220, "2.0.0", "ready to start TLS");
+pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1", "TLS already active");
+/// RFC 3207 §4: 530 until STARTTLS when the policy needs TLS.
+pub const STARTTLS_FIRST: Reply = Reply::new(530, "5.7.0", "must issue a STARTTLS command first");
+
+// RFC 4954 §6 (AUTH) and RFC 3463/RFC 5248 enhanced codes.
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "authentication successful");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "authentication required");
+pub const AUTH_INVALID: Reply = Reply::new(535, "5.7.8", "authentication credentials invalid");
+pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
+    538,
+    "5.7.11",
+    "encryption required for requested authentication mechanism",
+);
+pub const AUTH_TEMPORARY_FAILURE: Reply =
+    Reply::new(454, "4.7.0", "temporary authentication failure");
+pub const AUTH_TOO_MANY_FAILURES: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "too many authentication failures, try again later",
+);
+pub const AUTH_MECHANISM_UNSUPPORTED: Reply =
+    Reply::new(504, "5.5.4", "unrecognized authentication type");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0", "authentication cancelled");
+pub const AUTH_BAD_RESPONSE: Reply = Reply::new(501, "5.5.2", "cannot decode response");
+pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, "5.5.1", "already authenticated");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1", "AUTH not permitted during a mail transaction");
+/// RFC 6409 §6.1: the submission server checks the sender.
+pub const SENDER_NOT_OWNED: Reply = Reply::new(
+    553,
+    "5.7.1",
+    "sender address not owned by the authenticated user",
+);
+/// RFC 6531 §3.5.
+pub const SENDER_NEEDS_SMTPUTF8: Reply = Reply::new(
+    553,
+    "5.6.7",
+    "non-ASCII sender address needs the SMTPUTF8 parameter",
+);
+pub const RECIPIENT_NEEDS_SMTPUTF8: Reply = Reply::new(
+    553,
+    "5.6.7",
+    "non-ASCII recipient address needs the SMTPUTF8 parameter",
+);
+/// RFC 5321 §4.5.3.1.6: 1000 octets per text line, CRLF included.
+pub const LINE_TOO_LONG_IN_DATA: Reply =
+    Reply::new(550, "5.6.0", "message has a line longer than 1000 bytes");
+/// RFC 5321 §6.3, RFC 3463 §3.5 (5.4.6: routing loop detected).
+pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "too many hops, mail loop detected");
 
 pub const BAD_SEQUENCE: Reply = Reply::new(503, "5.5.1", "bad sequence of commands");
 pub const NEED_EHLO: Reply = Reply::new(503, "5.5.1", "send EHLO or HELO first");

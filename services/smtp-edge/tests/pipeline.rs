@@ -19,11 +19,17 @@ fn envelope() -> Envelope {
         client_ip: "192.0.2.1".parse().unwrap(),
         helo: "client.example".into(),
         esmtp: true,
+        tls: None,
+        auth_account: None,
         mail_from: "sender@client.example".into(),
         recipients: vec![Recipient {
             address: "alice@example.org".into(),
             account: "alice@example.org".into(),
+            notify: Some("SUCCESS,FAILURE".into()),
+            orcpt: Some("rfc822;alice@example.org".into()),
         }],
+        dsn_ret: Some("HDRS"),
+        dsn_envid: Some("env-1".into()),
     }
 }
 
@@ -79,6 +85,13 @@ async fn accepted_message_is_spooled_and_queued_with_headers() {
     assert_eq!(entry.mail_from, "sender@client.example");
     assert_eq!(entry.recipients.len(), 1);
     assert_eq!(entry.recipients[0].account, "alice@example.org");
+    // RFC 3461 parameters travel with the entry to the delivery worker.
+    assert_eq!(entry.recipients[0].dsn_notify, "SUCCESS,FAILURE");
+    assert_eq!(entry.recipients[0].dsn_orcpt, "rfc822;alice@example.org");
+    assert_eq!(
+        (entry.dsn_ret.as_str(), entry.dsn_envid.as_str()),
+        ("HDRS", "env-1")
+    );
     assert_eq!(entry.message_id, "<m1@client.example>");
     assert_eq!(entry.verdict, 0);
     assert!(entry.received_at_ms > 0);
@@ -147,6 +160,8 @@ async fn run_serves_smtp_and_answers_451_when_the_directory_is_down() {
         ..Default::default()
     };
     config.listen.smtp = format!("127.0.0.1:{}", closed_port().await);
+    config.listen.submission = String::new();
+    config.listen.submissions = String::new();
     config.services.mailstore_url = format!("http://127.0.0.1:{}", closed_port().await);
     let addr = config.listen.smtp.clone();
     let ctx = Context::new(config);

@@ -6,14 +6,22 @@
 //! - `!key value` sets a session limit before the dialog starts:
 //!   `max_recipients`, `max_message_size`, `max_line_length`, `max_errors`,
 //!   `rate_limit` (messages per IP per minute), `bare_lf` (`reject` or
-//!   `normalize`).
+//!   `normalize`), `mode` (`mx`, `submission`, `submissions`), `tls` (the
+//!   session runs as if TLS had started, with this description),
+//!   `client_ip`, `relay_networks` and `trusted_networks` (comma lists of
+//!   CIDRs), `auth_failures` (AUTH failures per IP before refusal).
 //! - `C: text` the client sends `text` CRLF; `C~ text` sends `text` with no
-//!   CRLF added. Escapes: `\r`, `\n`, `\\`, and `{c*N}` for N times `c`.
+//!   CRLF added. Escapes: `\r`, `\n`, `\\`, and `{c*N}` for N times `c`
+//!   (escapes inside `c` apply).
 //!   Consecutive client lines go out in one write (pipelining).
 //! - `S: text` the server's next reply line is exactly `text` (a trailing
 //!   `...` matches any rest); `S: <closed>` the server closed.
 //! - `A: text` the last accepted message is exactly `text` (escapes apply).
 //! - `R: a,b` the last accepted message went to recipients a and b.
+//! - `H: Name` the last accepted message has a header `Name`.
+//! - `E: text` the last accepted envelope, in short: `from=<..> auth=..
+//!   tls=.. ret=.. envid=..` then ` <address>:<account>:<notify>:<orcpt>`
+//!   per recipient (`-` for what is absent).
 
 mod common;
 
@@ -22,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailfleet_runtime::CancellationToken;
-use mailfleet_smtp_edge::Metrics;
 use mailfleet_smtp_edge::session::{Session, serve};
+use mailfleet_smtp_edge::{Envelope, Metrics, Mode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use common::TestAcceptor;
@@ -47,8 +55,9 @@ fn unescape(text: &str) -> Vec<u8> {
                 let end = text[i..].find('}').map(|e| i + e).expect("unclosed {");
                 let (c, n) = text[i + 1..end].split_once('*').expect("{c*N}");
                 let n: usize = n.parse().expect("repeat count");
+                let c = unescape(c);
                 for _ in 0..n {
-                    out.extend_from_slice(c.as_bytes());
+                    out.extend_from_slice(&c);
                 }
                 i = end + 1;
             }
@@ -61,6 +70,33 @@ fn unescape(text: &str) -> Vec<u8> {
     out
 }
 
+/// The `E:` form of an envelope.
+fn describe(envelope: &Envelope) -> String {
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let mut out = format!(
+        "from=<{}> auth={} tls={} ret={} envid={}",
+        envelope.mail_from,
+        or_dash(envelope.auth_account.as_deref()),
+        or_dash(envelope.tls.as_deref()),
+        or_dash(envelope.dsn_ret),
+        or_dash(envelope.dsn_envid.as_deref()),
+    );
+    for r in &envelope.recipients {
+        out.push_str(&format!(
+            " {}:{}:{}:{}",
+            r.address,
+            if r.account.is_empty() {
+                "-"
+            } else {
+                &r.account
+            },
+            or_dash(r.notify.as_deref()),
+            or_dash(r.orcpt.as_deref()),
+        ));
+    }
+    out
+}
+
 async fn run_transcript(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -68,6 +104,8 @@ async fn run_transcript(path: &Path) {
     let acceptor = Arc::new(TestAcceptor::default());
     let mut services = common::services(acceptor.clone());
     services.counters = None;
+    let mut tls = None;
+    let mut client_ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
 
     let mut steps = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -77,6 +115,41 @@ async fn run_transcript(path: &Path) {
         }
         if let Some(setting) = line.strip_prefix('!') {
             let (key, value) = setting.split_once(' ').expect("!key value");
+            let value = value.trim();
+            let cidrs = || {
+                value
+                    .split(',')
+                    .map(|c| c.trim().parse().expect("a CIDR"))
+                    .collect()
+            };
+            match key {
+                "mode" => {
+                    config.mode = match value {
+                        "mx" => Mode::Mx,
+                        "submission" => Mode::Submission,
+                        "submissions" => Mode::Submissions,
+                        other => panic!("mode {other}"),
+                    };
+                    continue;
+                }
+                "tls" => {
+                    tls = Some(value.to_owned());
+                    continue;
+                }
+                "client_ip" => {
+                    client_ip = value.parse().expect("an IP");
+                    continue;
+                }
+                "relay_networks" => {
+                    config.relay_networks = cidrs();
+                    continue;
+                }
+                "trusted_networks" => {
+                    config.trusted_networks = cidrs();
+                    continue;
+                }
+                _ => {}
+            }
             if key == "bare_lf" {
                 config.bare_lf = match value.trim() {
                     "reject" => mailfleet_smtp_edge::data::BareLf::Reject,
@@ -91,6 +164,7 @@ async fn run_transcript(path: &Path) {
                 "max_message_size" => config.max_message_size = value,
                 "max_line_length" => config.max_line_length = value as usize,
                 "max_errors" => config.max_errors = value as u32,
+                "auth_failures" => config.auth_failures_per_ip = value,
                 "rate_limit" => {
                     config.messages_per_ip_per_minute = value;
                     services.counters = Some(Arc::new(common::TestCounters::default()));
@@ -105,13 +179,16 @@ async fn run_transcript(path: &Path) {
     }
 
     let (client, server) = tokio::io::duplex(1 << 20);
-    let session = Session::new(
+    let mut session = Session::new(
         Arc::new(config),
         services,
         Metrics::default(),
         "test".into(),
-        "192.0.2.1".parse().unwrap(),
+        client_ip,
     );
+    if let Some(description) = tls {
+        session.tls_started(description);
+    }
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve(server, session, shutdown));
     let (read, mut write) = tokio::io::split(client);
@@ -170,6 +247,20 @@ async fn run_transcript(path: &Path) {
                     .map(|r| r.address.as_str())
                     .collect();
                 assert_eq!(got.join(","), rest, "{here}");
+            }
+            "H:" => {
+                let accepted = acceptor.accepted.lock().unwrap();
+                let (_, message) = accepted.last().expect("a message was accepted");
+                assert!(
+                    mailfleet_smtp_edge::accept::header_value(message, &rest).is_some(),
+                    "{here}: no {rest} in {}",
+                    String::from_utf8_lossy(message)
+                );
+            }
+            "E:" => {
+                let accepted = acceptor.accepted.lock().unwrap();
+                let (envelope, _) = accepted.last().expect("a message was accepted");
+                assert_eq!(describe(envelope), rest, "{here}");
             }
             other => panic!("{here}: unknown directive {other:?}"),
         }

@@ -11,11 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mailfleet_runtime::backend::{Counters, Result as BackendResult};
 use mailfleet_smtp_edge::{
-    AcceptError, Acceptor, Envelope, Lookup, LookupError, RecipientLookup, Services,
+    AcceptError, Acceptor, AuthError, AuthOutcome, Authenticator, Envelope, Lookup, LookupError,
+    RecipientLookup, Services,
 };
 
-/// `example.org` is local with users alice, bob and postmaster;
-/// `down@example.org` makes the directory fail; other domains are remote.
+/// `example.org` is local with users alice, bob and postmaster, and
+/// `ali@example.org` an alias of alice; `down@example.org` makes the
+/// directory fail; other domains are remote. Passwords: alice `secret`,
+/// bob `hunter2`; user `down@example.org` makes AUTH fail.
 pub struct TestDirectory;
 
 #[async_trait]
@@ -37,8 +40,26 @@ impl RecipientLookup for TestDirectory {
             "alice" | "bob" | "postmaster" => Ok(Lookup::Local {
                 account: format!("{local}@example.org"),
             }),
+            "ali" => Ok(Lookup::Local {
+                account: "alice@example.org".into(),
+            }),
             "down" => Err(LookupError("directory unreachable".into())),
             _ => Ok(Lookup::UnknownUser),
+        }
+    }
+}
+
+#[async_trait]
+impl Authenticator for TestDirectory {
+    async fn authenticate(&self, user: &str, password: &str) -> Result<AuthOutcome, AuthError> {
+        match (user.to_ascii_lowercase().as_str(), password) {
+            ("alice@example.org", "secret") | ("bob@example.org", "hunter2") => {
+                Ok(AuthOutcome::Ok {
+                    account: user.to_ascii_lowercase(),
+                })
+            }
+            ("down@example.org", _) => Err(AuthError("directory unreachable".into())),
+            _ => Ok(AuthOutcome::Invalid),
         }
     }
 }
@@ -100,8 +121,12 @@ impl Counters for TestCounters {
 pub fn services(acceptor: Arc<TestAcceptor>) -> Services {
     Services {
         lookup: Arc::new(TestDirectory),
+        auth: Arc::new(TestDirectory),
         acceptor,
         counters: Some(Arc::new(TestCounters::default())),
+        tls: None,
+        auth_blocklist: Arc::default(),
+        connections: Arc::default(),
     }
 }
 
