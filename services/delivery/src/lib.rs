@@ -1,20 +1,33 @@
 //! The `delivery` target: queue workers. It owns what happens to a queue
-//! entry after smtp-edge accepted it: each local recipient is appended to
-//! its mailbox through mailstore's gRPC `Deliver` (Junk on a junk verdict,
-//! else INBOX) with an idempotency key, so a retried entry never stores a
-//! message twice; remote recipients fail for now (MX routing and outbound
-//! SMTP come next). An entry is acknowledged, and its spooled message
-//! deleted, only once no recipient is pending; otherwise it is retried
-//! after `delivery.retry_secs`.
+//! entry after smtp-edge accepted it. Recipients are grouped by destination
+//! — local (appended to the mailbox through mailstore's gRPC `Deliver`,
+//! Junk on a junk verdict, with an idempotency key so a retried entry never
+//! stores a message twice) or one remote domain (MX routing in [`mx`],
+//! outbound SMTP in [`client`] with opportunistic STARTTLS) — and each group
+//! is retried on its own schedule ([`schedule`], `delivery.retry_intervals`)
+//! until `delivery.max_queue_lifetime`. Recipients that fail for good get
+//! one RFC 3464 DSN ([`dsn`]) to the envelope sender. A failure is
+//! classified transient or permanent in one place, [`error`].
 //!
-//! The routing decisions are pure functions in [`route`].
+//! Protocol pieces are pure and tested on their own: [`reply`] (SMTP reply
+//! parsing), [`wire`] (line endings and dot-stuffing), [`dsn`], [`schedule`].
 
+pub mod client;
+pub mod dsn;
+pub mod error;
 mod metrics;
+pub mod mx;
+pub mod remote;
+pub mod reply;
 pub mod route;
+pub mod schedule;
+pub mod tls;
+pub mod wire;
 mod worker;
 
 use std::sync::Arc;
 
+use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
@@ -28,9 +41,20 @@ pub const READINESS: &str = "delivery";
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), BoxError> {
     ctx.readiness.register(READINESS);
     let channel = lazy_channel(&ctx.config.services.mailstore_url)?;
-    let mailstore = MailstoreClient::new(channel)
+    let mailstore = MailstoreClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let directory = DirectoryClient::new(channel);
+    let remote = remote::Remote {
+        resolver: ctx.dns()?,
+        client: client::ClientSettings {
+            ehlo_name: ctx.config.hostname.clone(),
+            timeouts: client::Timeouts::default(),
+            tls: tls::TlsClient::with_system_roots(),
+            starttls: true,
+        },
+        port: ctx.config.delivery.remote_smtp_port,
+    };
     let metrics = {
         let mut registry = ctx
             .metrics
@@ -49,6 +73,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
             id,
             ctx: ctx.clone(),
             mailstore: mailstore.clone(),
+            directory: directory.clone(),
+            remote: remote.clone(),
             metrics: metrics.clone(),
         };
         workers.spawn(worker.run(shutdown.clone()));

@@ -1,38 +1,10 @@
-//! The routing decisions of a delivery attempt, as pure functions: where a
-//! recipient goes, into which mailbox, what mailstore is sent, and whether
+//! The local routing decisions of a delivery attempt, as pure functions:
+//! into which mailbox, what mailstore is sent, and whether
 //! a failure is worth retrying.
 
 use mailfleet_proto::filter::Action;
 use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
 use tonic::Code;
-
-/// What a failed remote recipient is told until MX routing exists.
-pub const REMOTE_NOT_IMPLEMENTED: &str = "remote delivery is not implemented yet";
-
-/// Where one recipient of a queue entry goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// A local account, into this mailbox.
-    Local {
-        account: &'a str,
-        mailbox: &'static str,
-    },
-    /// Another domain: MX routing (not implemented yet).
-    Remote,
-}
-
-/// smtp-edge resolved the account at RCPT time; an empty account means the
-/// recipient is remote. A junk verdict files local mail into Junk.
-pub fn route(recipient: &Recipient, verdict: i32) -> Route<'_> {
-    if recipient.account.is_empty() {
-        Route::Remote
-    } else {
-        Route::Local {
-            account: &recipient.account,
-            mailbox: mailbox_for(verdict),
-        }
-    }
-}
 
 pub fn mailbox_for(verdict: i32) -> &'static str {
     if verdict == Action::Junk as i32 {
@@ -97,37 +69,14 @@ mod tests {
             account: account.into(),
             status: status as i32,
             last_error: String::new(),
+            ..Recipient::default()
         }
     }
 
     #[test]
-    fn local_recipients_go_to_inbox_or_junk() {
-        let r = recipient(
-            "Bob@Example.com",
-            "bob@example.com",
-            RecipientStatus::Pending,
-        );
-        assert_eq!(
-            route(&r, Action::Accept as i32),
-            Route::Local {
-                account: "bob@example.com",
-                mailbox: "INBOX"
-            }
-        );
-        assert_eq!(
-            route(&r, Action::Junk as i32),
-            Route::Local {
-                account: "bob@example.com",
-                mailbox: "Junk"
-            }
-        );
-    }
-
-    #[test]
-    fn recipients_without_account_are_remote() {
-        let r = recipient("x@elsewhere.net", "", RecipientStatus::Pending);
-        assert_eq!(route(&r, Action::Accept as i32), Route::Remote);
-        assert_eq!(route(&r, Action::Junk as i32), Route::Remote);
+    fn junk_verdict_files_into_junk() {
+        assert_eq!(mailbox_for(Action::Accept as i32), "INBOX");
+        assert_eq!(mailbox_for(Action::Junk as i32), "Junk");
     }
 
     #[test]

@@ -1,37 +1,63 @@
-//! One delivery worker: take a queue entry, try each pending recipient,
-//! then acknowledge the entry (and delete its spooled message) or put it
-//! back for a retry. Nothing here is lost on a crash: the entry stays
-//! leased until acked or retried, and mailstore's idempotency key makes a
-//! repeated local delivery a no-op.
+//! One delivery worker: take a queue entry, try its due destination
+//! groups (local recipients through mailstore, then one remote domain),
+//! record each recipient's outcome in the entry, enqueue a DSN for the
+//! recipients that failed for good, then acknowledge the entry (and delete
+//! its spooled message) or put it back until its next due group.
+//!
+//! Nothing is lost on a crash: the entry stays leased until acked or put
+//! back, mailstore's idempotency key makes a repeated local delivery a
+//! no-op, and the entry is written back after every remote domain, so a
+//! remote `250` is recorded before anything else is tried. A DSN has an id
+//! derived from the entry and its failed recipients, so enqueueing it again
+//! after a crash is a no-op (both queue backends deduplicate by id).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mailfleet_proto::mailstore::DeliverRequest;
+use mailfleet_proto::filter::Action;
+use mailfleet_proto::mailstore::directory_client::DirectoryClient;
+use mailfleet_proto::mailstore::lookup_reply::Kind;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
-use mailfleet_proto::queue::{Recipient, RecipientStatus};
-use mailfleet_runtime::backend::{BackendError, Leased};
+use mailfleet_proto::mailstore::{DeliverRequest, LookupRequest};
+use mailfleet_proto::queue::{QueueEntry, Recipient};
+use mailfleet_runtime::backend::{BackendError, BlobStore, Leased};
 use mailfleet_runtime::{CancellationToken, Context};
+use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use crate::error::{DeliveryError, Diagnostic};
 use crate::metrics::Metrics;
-use crate::route::{self, REMOTE_NOT_IMPLEMENTED, Route};
+use crate::remote::{RcptResult, Remote};
+use crate::schedule::{self, Destination};
+use crate::tls::TlsOutcome;
+use crate::{dsn, route, wire};
 
 /// How long `take` waits for an entry; also the longest a worker takes to
 /// notice shutdown.
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a backend error before trying again.
 const BACKEND_BACKOFF: Duration = Duration::from_secs(1);
-/// Deadline of one Deliver call, so that a hung mailstore cannot hold a
+/// Deadline of one mailstore call, so that a hung mailstore cannot hold a
 /// worker (and its lease) for ever.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// When a DSN could not be enqueued, try again this soon.
+const DSN_RETRY: Duration = Duration::from_secs(60);
 
 pub struct Worker {
     pub id: usize,
     pub ctx: Arc<Context>,
     pub mailstore: MailstoreClient<Channel>,
+    pub directory: DirectoryClient<Channel>,
+    pub remote: Remote,
     pub metrics: Metrics,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Worker {
@@ -73,75 +99,138 @@ impl Worker {
 
     async fn handle(&self, leased: Leased) -> Result<(), BackendError> {
         let mut entry = leased.entry.clone();
+        let now = now_ms();
+        if entry.received_at_ms == 0 {
+            // Expiry needs an anchor; an entry without one starts now.
+            entry.received_at_ms = now;
+        }
         let spool = self.ctx.spool().await?;
-        match spool.get(&entry.blob).await {
-            Ok(spooled) => {
-                for recipient in entry.recipients.iter_mut().filter(|r| route::is_pending(r)) {
-                    self.deliver_one(
-                        &entry.id,
-                        &entry.mail_from,
-                        entry.verdict,
-                        recipient,
-                        &spooled,
-                    )
-                    .await;
-                }
-            }
+        let spooled = match spool.get(&entry.blob).await {
+            Ok(spooled) => Some(spooled),
             Err(BackendError::BlobNotFound(blob)) => {
                 // Nothing will bring it back; retrying would loop for ever.
                 tracing::error!(%blob, "spooled message is missing, recipients fail");
+                let lost = DeliveryError::Permanent(Diagnostic::local(
+                    "5.3.0",
+                    "the queued message was lost",
+                ));
                 for recipient in entry.recipients.iter_mut().filter(|r| route::is_pending(r)) {
-                    fail(recipient, "spooled message is missing".into());
-                    self.metrics.recipient("failed");
+                    self.record(recipient, Err(lost.clone()), now, i64::MAX);
                 }
+                None
             }
             Err(error) => return Err(error),
+        };
+
+        if let Some(spooled) = &spooled {
+            self.deliver_local(&mut entry, spooled, now).await;
+            // One remote domain per turn: the entry is written back after
+            // it, so its 250s are recorded before another domain is tried.
+            if let Some(domain) = schedule::due_remote_domains(&entry, now).into_iter().next() {
+                self.deliver_remote(&mut entry, &domain, spooled).await;
+            }
         }
 
+        self.send_dsn(&mut entry, spooled.as_deref(), &*spool).await;
+        self.finish(leased, entry, &*spool).await
+    }
+
+    /// Acknowledges a done entry or writes it back, due at its next group.
+    async fn finish(
+        &self,
+        leased: Leased,
+        entry: QueueEntry,
+        spool: &dyn BlobStore,
+    ) -> Result<(), BackendError> {
         let queue = self.ctx.queue().await?;
-        if route::is_done(&entry) {
+        if schedule::is_done(&entry) {
             queue.ack(leased).await?;
             self.metrics.entry("done");
-            tracing::info!(attempts = entry.attempts + 1, "queue entry done");
+            tracing::info!("queue entry done");
             // After the ack: a crash in between leaves an orphan spool
             // file, never an entry without its message.
             if let Err(error) = spool.delete(&entry.blob).await {
                 tracing::warn!(blob = %entry.blob, %error, "cannot delete spooled message");
             }
-        } else {
-            entry.attempts += 1;
-            let delay = Duration::from_secs(self.ctx.config.delivery.retry_secs);
-            queue.retry(leased, &entry, delay).await?;
-            self.metrics.entry("retried");
-            tracing::info!(
-                attempts = entry.attempts,
-                retry_in_secs = delay.as_secs(),
-                "queue entry deferred"
-            );
+            return Ok(());
         }
+        let mut delay = schedule::delay_until_due(&entry, now_ms());
+        if route::is_done(&entry) {
+            // Only a DSN is owed: try it again soon.
+            delay = DSN_RETRY;
+        }
+        let mut updated = entry;
+        updated.attempts += 1;
+        queue.retry(leased, &updated, delay).await?;
+        self.metrics.entry("retried");
+        tracing::info!(
+            attempts = updated.attempts,
+            retry_in_secs = delay.as_secs(),
+            "queue entry written back"
+        );
         Ok(())
     }
 
-    /// Tries one pending recipient and records the outcome on it.
-    async fn deliver_one(
+    /// Records one outcome on a recipient, with metrics.
+    fn record(
+        &self,
+        recipient: &mut Recipient,
+        result: Result<(&str, &str, &str), DeliveryError>,
+        now: i64,
+        expires_at_ms: i64,
+    ) {
+        match result {
+            Ok((mx, reply, tls)) => {
+                schedule::delivered(recipient, now, mx, reply, tls);
+                self.metrics.recipient("delivered");
+            }
+            Err(error) => {
+                let schedule = self.ctx.config.delivery.retry_schedule();
+                schedule::failed(recipient, &error, now, &schedule, expires_at_ms);
+                if route::is_pending(recipient) {
+                    self.metrics.recipient("deferred");
+                    tracing::info!(recipient = %recipient.address, %error, next_attempt_at_ms = recipient.next_attempt_at_ms, "delivery deferred");
+                } else {
+                    self.metrics.recipient("failed");
+                    tracing::warn!(recipient = %recipient.address, error = %recipient.last_error, "delivery failed");
+                }
+            }
+        }
+    }
+
+    fn expiry(&self, entry: &QueueEntry) -> i64 {
+        schedule::expires_at_ms(entry, self.ctx.config.delivery.queue_lifetime())
+    }
+
+    /// Every due local recipient, through mailstore.
+    async fn deliver_local(&self, entry: &mut QueueEntry, spooled: &[u8], now: i64) {
+        let expiry = self.expiry(entry);
+        let (queue_id, mail_from, verdict) =
+            (entry.id.clone(), entry.mail_from.clone(), entry.verdict);
+        for recipient in entry
+            .recipients
+            .iter_mut()
+            .filter(|r| schedule::is_due(r, now) && schedule::destination(r) == Destination::Local)
+        {
+            let result = self
+                .deliver_one_local(&queue_id, &mail_from, verdict, recipient, spooled)
+                .await;
+            let result = result.as_ref().map(|_| ("", "", "")).map_err(Clone::clone);
+            self.record(recipient, result, now, expiry);
+        }
+    }
+
+    async fn deliver_one_local(
         &self,
         queue_id: &str,
         mail_from: &str,
         verdict: i32,
-        recipient: &mut Recipient,
+        recipient: &Recipient,
         spooled: &[u8],
-    ) {
-        let (account, mailbox) = match route::route(recipient, verdict) {
-            Route::Local { account, mailbox } => (account.to_owned(), mailbox),
-            Route::Remote => {
-                tracing::warn!(recipient = %recipient.address, "remote recipient failed: {REMOTE_NOT_IMPLEMENTED}");
-                fail(recipient, REMOTE_NOT_IMPLEMENTED.into());
-                self.metrics.recipient("failed");
-                return;
-            }
-        };
+    ) -> Result<(), DeliveryError> {
+        let mailbox = route::mailbox_for(verdict);
         let mut request = tonic::Request::new(DeliverRequest {
-            account: account.clone(),
+            account: recipient.account.clone(),
             mailbox: mailbox.to_owned(),
             message: route::local_message(mail_from, &recipient.address, spooled),
             idempotency_key: route::idempotency_key(queue_id, &recipient.address),
@@ -152,28 +241,230 @@ impl Worker {
         match self.mailstore.clone().deliver(request).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
-                recipient.status = RecipientStatus::Delivered as i32;
-                recipient.last_error.clear();
-                self.metrics.recipient("delivered");
-                tracing::info!(recipient = %recipient.address, %account, mailbox, uid = reply.uid, duplicate = reply.duplicate, "delivered locally");
-            }
-            Err(status) if route::is_permanent(status.code()) => {
-                let error = format!("mailstore: {:?}: {}", status.code(), status.message());
-                tracing::warn!(recipient = %recipient.address, %account, %error, "local delivery failed");
-                fail(recipient, error);
-                self.metrics.recipient("failed");
+                tracing::info!(recipient = %recipient.address, account = %recipient.account, mailbox, uid = reply.uid, duplicate = reply.duplicate, "delivered locally");
+                Ok(())
             }
             Err(status) => {
-                let error = format!("mailstore: {:?}: {}", status.code(), status.message());
-                tracing::warn!(recipient = %recipient.address, %account, %error, "local delivery deferred");
-                recipient.last_error = error;
-                self.metrics.recipient("deferred");
+                let text = format!("mailstore: {:?}: {}", status.code(), status.message());
+                if route::is_permanent(status.code()) {
+                    Err(DeliveryError::Permanent(Diagnostic::local("5.1.1", text)))
+                } else {
+                    Err(DeliveryError::Transient(Diagnostic::local("4.3.0", text)))
+                }
             }
         }
     }
+
+    /// The due recipients of one remote domain, in one attempt.
+    async fn deliver_remote(&self, entry: &mut QueueEntry, domain: &str, spooled: &[u8]) {
+        let now = now_ms();
+        let expiry = self.expiry(entry);
+        let indices: Vec<usize> = (0..entry.recipients.len())
+            .filter(|i| {
+                let r = &entry.recipients[*i];
+                schedule::is_due(r, now)
+                    && schedule::destination(r) == Destination::Remote(domain.to_owned())
+            })
+            .collect();
+        let addresses: Vec<String> = indices
+            .iter()
+            .map(|i| entry.recipients[*i].address.clone())
+            .collect();
+        let message = wire::canonical(spooled);
+        // An attempt must end well within the lease, or another worker
+        // would take the entry and deliver it a second time.
+        let budget = Duration::from_secs(self.ctx.config.delivery.lease_secs * 3 / 4);
+        let span = tracing::info_span!("remote", domain);
+        let results = tokio::time::timeout(
+            budget,
+            self.remote
+                .deliver(domain, &entry.mail_from, &addresses, &message)
+                .instrument(span),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            vec![
+                RcptResult::Failed(DeliveryError::Transient(Diagnostic::local(
+                    "4.4.7",
+                    format!(
+                        "delivery to {domain} took longer than {}s",
+                        budget.as_secs()
+                    ),
+                )));
+                addresses.len()
+            ]
+        });
+        for (i, result) in indices.into_iter().zip(results) {
+            let recipient = &mut entry.recipients[i];
+            match result {
+                RcptResult::Delivered { mx, reply, tls } => {
+                    let tls = match &tls {
+                        None => "plaintext",
+                        Some(TlsOutcome::Verified) => "tls-verified",
+                        Some(TlsOutcome::Unverified(_)) => "tls-unverified",
+                    };
+                    tracing::info!(recipient = %recipient.address, domain, mx, tls, "delivered remotely");
+                    self.record(recipient, Ok((&mx, &reply, tls)), now, expiry);
+                }
+                RcptResult::Failed(error) => self.record(recipient, Err(error), now, expiry),
+            }
+        }
+    }
+
+    /// One DSN for every recipient that failed for good and was not yet
+    /// reported, to the envelope sender — never to `<>`, never about a DSN.
+    async fn send_dsn(
+        &self,
+        entry: &mut QueueEntry,
+        spooled: Option<&[u8]>,
+        spool: &dyn BlobStore,
+    ) {
+        let owed: Vec<usize> = (0..entry.recipients.len())
+            .filter(|i| schedule::needs_dsn(&entry.recipients[*i]))
+            .collect();
+        if owed.is_empty() {
+            return;
+        }
+        let reportable: Vec<usize> = if entry.mail_from.is_empty() || entry.is_dsn {
+            Vec::new()
+        } else {
+            owed.iter()
+                .copied()
+                .filter(|i| dsn::wants_failure_report(&entry.recipients[*i]))
+                .collect()
+        };
+        if !reportable.is_empty() {
+            match self.enqueue_dsn(entry, &reportable, spooled, spool).await {
+                Ok(id) => {
+                    tracing::info!(dsn_queue_id = %id, recipients = reportable.len(), "bounce enqueued")
+                }
+                Err(error) => {
+                    // Left owed: the entry is written back and tries again.
+                    tracing::warn!(%error, "cannot enqueue bounce, will retry");
+                    return;
+                }
+            }
+        }
+        for i in owed {
+            entry.recipients[i].dsn_sent = true;
+        }
+    }
+
+    async fn enqueue_dsn(
+        &self,
+        entry: &QueueEntry,
+        reportable: &[usize],
+        spooled: Option<&[u8]>,
+        spool: &dyn BlobStore,
+    ) -> Result<String, String> {
+        let failed: Vec<&Recipient> = reportable.iter().map(|i| &entry.recipients[*i]).collect();
+        let id = dsn_queue_id(&entry.id, &failed);
+        // The sender gets it like any mail: local account or remote MX.
+        let account = match self.lookup(&entry.mail_from).await? {
+            Lookup::Local(account) => account,
+            Lookup::Remote => String::new(),
+            Lookup::Unknown => {
+                // A local address that does not exist: nobody to tell.
+                tracing::warn!(sender = %entry.mail_from, "bounce dropped: the sender is an unknown local address");
+                return Ok(String::new());
+            }
+        };
+        let now = now_ms();
+        let message = dsn::build(&dsn::Report {
+            hostname: &self.ctx.config.hostname,
+            entry,
+            failed,
+            original: spooled,
+            now_ms: now,
+            unique: &id,
+        });
+        let blob = spool.put(&message).await.map_err(|e| e.to_string())?;
+        let bounce = QueueEntry {
+            id: id.clone(),
+            mail_from: String::new(),
+            recipients: vec![Recipient {
+                address: entry.mail_from.clone(),
+                account,
+                ..Recipient::default()
+            }],
+            blob,
+            size: message.len() as u64,
+            received_at_ms: now,
+            verdict: Action::Accept as i32,
+            message_id: format!("<{id}.dsn@{}>", self.ctx.config.hostname),
+            traceparent: entry.traceparent.clone(),
+            is_dsn: true,
+            ..QueueEntry::default()
+        };
+        let queue = self.ctx.queue().await.map_err(|e| e.to_string())?;
+        queue.enqueue(&bounce).await.map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    async fn lookup(&self, address: &str) -> Result<Lookup, String> {
+        let mut request = tonic::Request::new(LookupRequest {
+            address: address.to_owned(),
+        });
+        request.set_timeout(DELIVER_TIMEOUT);
+        let reply = self
+            .directory
+            .clone()
+            .lookup_recipient(request)
+            .await
+            .map_err(|s| format!("directory: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(match reply.kind() {
+            Kind::Local => Lookup::Local(reply.account),
+            Kind::UnknownUser => Lookup::Unknown,
+            Kind::Remote => Lookup::Remote,
+        })
+    }
 }
 
-fn fail(recipient: &mut Recipient, error: String) {
-    recipient.status = RecipientStatus::Failed as i32;
-    recipient.last_error = error;
+enum Lookup {
+    Local(String),
+    Remote,
+    Unknown,
+}
+
+/// The same failed recipients of the same entry always give the same DSN
+/// id, so a DSN enqueued twice (crash before the entry was written back)
+/// is stored once. A UUID (version 8, RFC 9562) from a SHA-256.
+pub fn dsn_queue_id(queue_id: &str, failed: &[&Recipient]) -> String {
+    let mut addresses: Vec<&str> = failed.iter().map(|r| r.address.as_str()).collect();
+    addresses.sort_unstable();
+    let mut hash = Sha256::new();
+    hash.update(b"mailfleet-dsn\0");
+    hash.update(queue_id.as_bytes());
+    for address in addresses {
+        hash.update(b"\0");
+        hash.update(address.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_ids_are_stable() {
+        let a = Recipient {
+            address: "a@x".into(),
+            ..Recipient::default()
+        };
+        let b = Recipient {
+            address: "b@x".into(),
+            ..Recipient::default()
+        };
+        assert_eq!(dsn_queue_id("q", &[&a, &b]), dsn_queue_id("q", &[&b, &a]));
+        assert_ne!(dsn_queue_id("q", &[&a]), dsn_queue_id("q", &[&a, &b]));
+        assert_ne!(dsn_queue_id("q", &[&a]), dsn_queue_id("r", &[&a]));
+        assert_eq!(dsn_queue_id("q", &[&a]).len(), 36);
+    }
 }

@@ -10,6 +10,7 @@ use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_proto::mailstore::{MailboxRequest, MessageInfo, MessageRequest};
 use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
 use mailfleet_runtime::{CancellationToken, Config, Context};
+use mailfleet_testkit::{DnsServer, Zone};
 use tonic::transport::Channel;
 
 fn free_port() -> u16 {
@@ -20,7 +21,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn context(dir: &std::path::Path, port: u16, retry_secs: u64) -> Arc<Context> {
+fn context(dir: &std::path::Path, port: u16, retry_secs: u64, dns: &DnsServer) -> Arc<Context> {
     let mut config = Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
@@ -28,8 +29,9 @@ fn context(dir: &std::path::Path, port: u16, retry_secs: u64) -> Arc<Context> {
     config.listen.mailstore_grpc = format!("127.0.0.1:{port}");
     config.services.mailstore_url = format!("http://127.0.0.1:{port}");
     config.delivery.workers = 2;
-    config.delivery.retry_secs = retry_secs;
+    config.delivery.retry_intervals = vec![format!("{retry_secs}s")];
     config.delivery.lease_secs = 30;
+    config.dns.servers = vec![dns.addr().to_string()];
     Context::new(config)
 }
 
@@ -51,6 +53,7 @@ fn recipient(address: &str, account: &str) -> Recipient {
         account: account.into(),
         status: RecipientStatus::Pending as i32,
         last_error: String::new(),
+        ..Recipient::default()
     }
 }
 
@@ -97,7 +100,15 @@ async fn provision(ctx: &Context) {
 async fn local_recipients_land_in_inbox_and_junk() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ctx = context(dir.path(), port, 300);
+    // Both remote domains refuse mail (null MX, RFC 7505): the remote
+    // recipient fails at once, and so does the bounce to alice@example.org
+    // (a DSN is never bounced), so the queue empties.
+    let dns = DnsServer::start([
+        Zone::new("elsewhere.net").mx("@", 0, "."),
+        Zone::new("example.org").mx("@", 0, "."),
+    ])
+    .await;
+    let ctx = context(dir.path(), port, 300, &dns);
     let shutdown = CancellationToken::new();
     provision(&ctx).await;
     start_mailstore(ctx.clone(), shutdown.clone()).await;
@@ -180,8 +191,8 @@ async fn local_recipients_land_in_inbox_and_junk() {
         .message;
     assert!(junk.starts_with(b"Return-Path: <>\r\n"));
 
-    // Both entries are done (the remote recipient failed, nothing pending):
-    // acknowledged, and their spooled messages deleted.
+    // Both entries are done (the remote recipient failed, nothing pending),
+    // and so is the bounce: acknowledged, and their spooled messages deleted.
     wait_for("empty queue and spool", || {
         let (queue, spool, blob, spam_blob) = (
             queue.clone(),
@@ -211,7 +222,8 @@ async fn local_recipients_land_in_inbox_and_junk() {
 async fn mailstore_down_means_retry_not_loss() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ctx = context(dir.path(), port, 1);
+    let dns = DnsServer::start([]).await;
+    let ctx = context(dir.path(), port, 1, &dns);
     let shutdown = CancellationToken::new();
     provision(&ctx).await;
 
