@@ -1,18 +1,25 @@
 //! The `filter` target: sender authentication and spam scoring, the verdict
 //! for every message smtp-edge accepts. It owns the `Filter.Check` gRPC
-//! service and the [`rules`] engine behind it.
-//!
-//! For the walking skeleton the only rule is GTUBE; SPF, DKIM, DMARC, ARC,
-//! iprev and DNSBL come as further rules in [`rules::RuleSet::default`].
+//! service and the [`Engine`] behind it: [`auth`] (SPF, DKIM, DMARC, ARC,
+//! iprev over the shared hickory resolver), [`reputation`] (DNSBL, URIBL),
+//! the [`rules`] engine over an [`analysis::Analysis`] of the message, the
+//! [`bayes`] classifier, and greylisting over the shared counters.
 
+pub mod analysis;
+pub mod auth;
+pub mod bayes;
+pub mod reputation;
 pub mod rules;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use mailfleet_proto::filter::filter_server::{Filter, FilterServer};
-use mailfleet_proto::filter::{CheckRequest, Verdict};
-use mailfleet_runtime::config::Listen;
+use mailfleet_proto::filter::{Action, CheckRequest, Header, Verdict};
+use mailfleet_runtime::backend::Counters;
+use mailfleet_runtime::config::{Filter as FilterConfig, Listen};
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +27,9 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::analysis::Analysis;
+use crate::auth::Envelope;
+use crate::bayes::Bayes;
 use crate::rules::{RuleSet, action_name};
 
 /// The readiness component this target registers.
@@ -36,6 +46,14 @@ pub enum FilterError {
     },
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("filter task failed: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Rules(#[from] rules::RuleError),
+    #[error("dns resolver: {0}")]
+    Dns(#[from] mailfleet_runtime::dns::DnsError),
+    #[error(transparent)]
+    Bayes(#[from] bayes::BayesError),
 }
 
 /// Verdicts given, by action.
@@ -57,16 +75,215 @@ impl Metrics {
     }
 }
 
-/// The `Filter` gRPC service over a [`RuleSet`].
+/// Everything a verdict is computed from.
+pub struct Engine {
+    pub rules: RuleSet,
+    pub config: FilterConfig,
+    /// The authserv-id of `Authentication-Results:` (RFC 8601 §2.5).
+    pub authserv_id: String,
+    /// This server's name (SPF's `%{r}`).
+    pub host: String,
+    /// The shared caching resolver; without it no DNS check runs.
+    pub resolver: Option<TokioResolver>,
+    /// Greylisting triplets; without it no greylisting.
+    pub counters: Option<Arc<dyn Counters>>,
+    pub bayes: Option<Arc<Bayes>>,
+}
+
+impl Engine {
+    /// An engine with `rules` only: no DNS, no greylisting, no classifier.
+    pub fn with_rules(rules: RuleSet) -> Engine {
+        Engine {
+            rules,
+            config: FilterConfig::default(),
+            authserv_id: "localhost".into(),
+            host: "localhost".into(),
+            resolver: None,
+            counters: None,
+            bayes: None,
+        }
+    }
+
+    /// The full engine for `config`, with every shipped rule.
+    pub fn from_config(
+        config: &FilterConfig,
+        hostname: &str,
+        resolver: Option<TokioResolver>,
+        counters: Option<Arc<dyn Counters>>,
+        bayes: Option<Arc<Bayes>>,
+    ) -> Result<Engine, FilterError> {
+        let authserv_id = if config.authserv_id.is_empty() {
+            hostname.to_string()
+        } else {
+            config.authserv_id.clone()
+        };
+        Ok(Engine {
+            rules: RuleSet::from_config(config)?,
+            config: config.clone(),
+            authserv_id,
+            host: hostname.to_string(),
+            resolver,
+            counters,
+            bayes,
+        })
+    }
+
+    /// The verdict for one message. DNS checks run concurrently; parsing,
+    /// DKIM hashing and the rules run on a blocking thread.
+    pub async fn check(self: &Arc<Self>, request: CheckRequest) -> Result<Verdict, FilterError> {
+        let engine = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        // One blocking thread per message drives its whole evaluation: the
+        // lookups inside still run concurrently (joined futures over the
+        // shared runtime's I/O), while the CPU work never stalls an async
+        // worker.
+        tokio::task::spawn_blocking(move || handle.block_on(engine.evaluate(request)))
+            .await
+            .map_err(|e| FilterError::Internal(e.to_string()))
+    }
+
+    /// Evaluates in the current task (tests and benchmarks call it directly).
+    pub async fn evaluate(&self, request: CheckRequest) -> Verdict {
+        let mut analysis = Analysis::new(&request);
+        let ip = analysis.client_ip;
+        // Authenticated submissions are our own users: sender
+        // authentication and reputation are about strangers.
+        let external = !request.authenticated;
+        if let (Some(resolver), Some(ip), true) = (&self.resolver, ip, external) {
+            let envelope = Envelope {
+                ip,
+                helo: &request.helo,
+                mail_from: &request.mail_from,
+                host: &self.host,
+            };
+            let auth = auth::authenticate(
+                resolver,
+                &self.authserv_id,
+                &envelope,
+                &request.message,
+                self.config.received_spf,
+            );
+            let dnsbl = reputation::check_ip(resolver, ip, &self.config.dnsbl_zones);
+            let uribl = reputation::check_domains(
+                resolver,
+                &analysis.body_domains,
+                &self.config.uribl_zones,
+            );
+            let (auth, dnsbl, uribl) = futures::join!(auth, dnsbl, uribl);
+            analysis.auth = Some(auth);
+            analysis.dnsbl = dnsbl;
+            analysis.uribl = uribl;
+        }
+        if let Some(bayes) = &self.bayes {
+            match bayes.classify(&analysis).await {
+                Ok(p) => analysis.bayes = p,
+                Err(error) => tracing::warn!(%error, "bayes classification skipped"),
+            }
+        }
+
+        let mut verdict = self.rules.evaluate_analysis(&analysis);
+        if let Some(ip) = ip
+            && external
+        {
+            self.greylist(&mut verdict, ip, &request).await;
+        }
+
+        // Authentication-Results first: RFC 8601 §5 wants it above the
+        // headers it explains, and smtp-edge prepends in this order.
+        let mut headers = Vec::new();
+        if let Some(auth) = &analysis.auth {
+            headers.push(Header {
+                name: "Authentication-Results".into(),
+                value: auth.header.clone(),
+            });
+            if let Some(spf) = &auth.received_spf {
+                headers.push(Header {
+                    name: "Received-SPF".into(),
+                    value: spf.clone(),
+                });
+            }
+            for listing in analysis.dnsbl.iter().chain(&analysis.uribl) {
+                tracing::info!(zone = %listing.zone, item = %listing.item, "blocklisted");
+            }
+        }
+        if verdict.action() == Action::Reject
+            && let Some(auth) = &analysis.auth
+            && verdict.rules.iter().any(|r| r.name == "DMARC_REJECT")
+            && verdict.smtp_code == 550
+            && verdict.reason.contains("DMARC_REJECT")
+        {
+            verdict.reason = format!(
+                "DMARC policy of {} rejects this unauthenticated message",
+                auth.dmarc_domain
+            );
+        }
+        headers.append(&mut verdict.headers);
+        verdict.headers = headers;
+        verdict
+    }
+
+    /// Greylisting (RFC 6647): a suspicious message from an unseen
+    /// (client /24, sender, recipient) triplet is deferred once with
+    /// 451 4.7.1; a real MTA retries and then passes.
+    async fn greylist(&self, verdict: &mut Verdict, ip: IpAddr, request: &CheckRequest) {
+        let threshold = self.config.greylist_score;
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        if threshold <= 0.0 || verdict.score < threshold || verdict.action() == Action::Reject {
+            return;
+        }
+        let network = match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                format!("{a}.{b}.{c}")
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}", s[0], s[1], s[2], s[3])
+            }
+        };
+        let rcpt = request.rcpt_to.first().map(String::as_str).unwrap_or("");
+        let key = format!(
+            "greylist:{network}:{}:{}",
+            request.mail_from.to_ascii_lowercase(),
+            rcpt.to_ascii_lowercase()
+        );
+        let window = Duration::from_secs(self.config.greylist_window_secs.max(60));
+        match counters.hit(&key, window).await {
+            Ok(1) => {
+                verdict.set_action(Action::Tempfail);
+                // RFC 6647 §2.1 with RFC 3463 4.7.1: try again later.
+                verdict.smtp_code = 451;
+                verdict.enhanced_code = "4.7.1".into();
+                verdict.reason = "greylisted, please try again later".into();
+                verdict.rules.push(mailfleet_proto::filter::Rule {
+                    name: "GREYLIST".into(),
+                    score: 0.0,
+                });
+                verdict.headers = rules::headers(verdict, self.rules.thresholds.add_header);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "greylisting skipped"),
+        }
+    }
+}
+
+/// The `Filter` gRPC service over an [`Engine`].
 pub struct FilterService {
-    rules: Arc<RuleSet>,
+    engine: Arc<Engine>,
     metrics: Metrics,
 }
 
 impl FilterService {
+    /// A service over `rules` alone (no DNS checks).
     pub fn new(rules: RuleSet, metrics: Metrics) -> Self {
+        FilterService::with_engine(Engine::with_rules(rules), metrics)
+    }
+
+    pub fn with_engine(engine: Engine, metrics: Metrics) -> Self {
         FilterService {
-            rules: Arc::new(rules),
+            engine: Arc::new(engine),
             metrics,
         }
     }
@@ -84,21 +301,23 @@ impl FilterService {
 impl Filter for FilterService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<Verdict>, Status> {
         let request = request.into_inner();
-        let rules = self.rules.clone();
-        // Rules may scan the whole message (and later verify DKIM over it):
-        // CPU work stays off the async workers.
-        let verdict = tokio::task::spawn_blocking(move || rules.evaluate(&request))
+        let client_ip = request.client_ip.clone();
+        let verdict = self
+            .engine
+            .check(request)
             .await
-            .map_err(|e| Status::internal(format!("rule engine failed: {e}")))?;
+            .map_err(|e| Status::internal(format!("filter failed: {e}")))?;
         let action = action_name(verdict.action());
         self.metrics
             .verdicts
             .get_or_create(&[("action", action)])
             .inc();
+        let rules: Vec<&str> = verdict.rules.iter().map(|r| r.name.as_str()).collect();
         tracing::info!(
             action,
             score = verdict.score,
-            rules = verdict.rules.len(),
+            rules = %rules.join(","),
+            remote_ip = %client_ip,
             "verdict"
         );
         Ok(Response::new(verdict))
@@ -114,7 +333,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         .await
         .map_err(|source| FilterError::Bind { addr, source })?;
     tracing::info!(%addr, "filter grpc listening");
-    let service = FilterService::new(RuleSet::default(), Metrics::register(&ctx));
+    let engine = engine_for(&ctx).await?;
+    let service = FilterService::with_engine(engine, Metrics::register(&ctx));
     let ready = {
         let ctx = ctx.clone();
         move || ctx.readiness.set(READINESS, true)
@@ -142,4 +362,40 @@ pub async fn serve(
     server.await?;
     tracing::info!("filter grpc stopped");
     Ok(())
+}
+
+/// The engine for a process: the shared resolver and counters of `ctx`,
+/// the Bayes store in Redis (cluster) or `<data_dir>/bayes.db`.
+pub async fn engine_for(ctx: &Context) -> Result<Engine, BoxError> {
+    let config = &ctx.config;
+    let resolver = ctx.dns().map_err(FilterError::from)?;
+    let counters = if config.filter.greylist_score > 0.0 {
+        Some(ctx.counters().await?)
+    } else {
+        None
+    };
+    let bayes = if config.filter.bayes {
+        Some(Arc::new(open_bayes(config).await?))
+    } else {
+        None
+    };
+    Ok(Engine::from_config(
+        &config.filter,
+        &config.hostname,
+        Some(resolver),
+        counters,
+        bayes,
+    )?)
+}
+
+/// The Bayes token store of this configuration (also used by
+/// `mailfleet filter train`).
+pub async fn open_bayes(config: &mailfleet_runtime::Config) -> Result<Bayes, FilterError> {
+    let url = &config.backends.counters_url;
+    if !url.is_empty() {
+        return Ok(Bayes::redis(url).await?);
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| FilterError::Bayes(bayes::BayesError::Sqlite(sqlx::Error::Io(e))))?;
+    Ok(Bayes::sqlite(&config.data_dir.join("bayes.db")).await?)
 }

@@ -3,6 +3,8 @@
 //! `hickory-server`, bound to loopback inside the test process, serving test
 //! zones for MX routing, SPF, DKIM, DMARC, PTR (iprev) and DNSBL tests. No
 //! mocks: the code under test queries it over UDP and TCP like any server.
+//! Names outside the given zones are answered NXDOMAIN (an implicit empty
+//! root zone), as the Internet would answer them.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -365,6 +367,14 @@ impl DnsServer {
     ) -> Result<DnsServer, TestkitError> {
         let mut catalog = Catalog::new();
         let mut handlers = Vec::new();
+        let mut zones: Vec<Zone> = zones.into_iter().collect();
+        // Names outside every zone get an authoritative NXDOMAIN from an
+        // empty root zone, as they would on the Internet, instead of
+        // REFUSED (which resolvers report as a temporary error: DMARC's
+        // tree walk up to `_dmarc.test.` would then be a temperror).
+        if !zones.iter().any(|z| z.origin.is_root()) {
+            zones.push(Zone::new("."));
+        }
         for zone in zones {
             let (origin, sets) = zone.into_record_sets()?;
             let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
@@ -428,7 +438,7 @@ impl DnsServer {
         let zone = self
             .zones
             .iter()
-            .filter(|(origin, _)| origin.zone_of(&name))
+            .filter(|(origin, _)| origin.zone_of(&name) && !origin.is_root())
             .max_by_key(|(origin, _)| origin.num_labels())
             .ok_or_else(|| TestkitError::NoZone {
                 name: record.name.to_ascii(),

@@ -148,6 +148,9 @@ async fn serves_mail_records_over_udp_and_tcp() {
     // Names without data: NXDOMAIN, not a timeout.
     assert!(resolver.txt_lookup("_dmarc.other.test.").await.is_err());
     assert!(resolver.lookup_ip("nothing.example.test.").await.is_err());
+    // Outside every zone: NXDOMAIN from the implicit root, not REFUSED.
+    let err = resolver.txt_lookup("_dmarc.test.").await.unwrap_err();
+    assert!(err.is_nx_domain(), "{err:?}");
 }
 
 #[tokio::test]
