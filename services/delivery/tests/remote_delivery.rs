@@ -1,0 +1,266 @@
+//! Remote delivery against real peers: the testkit's authoritative DNS
+//! server for MX records, and SMTP servers on 127.0.0.2, 127.0.0.3, ...
+//! that accept, defer (451) or refuse (550), one with STARTTLS. Delivery
+//! runs as in production (`mailfleet_delivery::run`) with a real mailstore,
+//! where bounces to local senders land.
+
+mod common;
+
+use std::time::Duration;
+
+use common::peer::{Mode, Peer};
+use common::{loopback, node};
+use mailfleet_delivery::client::{self, ClientSettings, Envelope, Timeouts};
+use mailfleet_delivery::tls::{TlsClient, TlsOutcome};
+use mailfleet_testkit::{DnsServer, Zone};
+
+const MESSAGE: &[u8] = b"From: alice@example.com\r\nTo: carol@remote.test\r\nSubject: relay me\r\nMessage-ID: <m1@example.com>\r\n\r\nline one\r\n.\r\n..two dots\r\nlast\r\n";
+
+fn ipv4(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// The primary MX (127.0.0.2) is down; the backup, reached through a CNAME
+/// (tolerated), gets the message once, with its dot lines intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_mx_gets_the_message_when_the_primary_is_down() {
+    let port = common::free_port();
+    let backup = Peer::start(loopback(3), port, Mode::Accept, None).await;
+    let dns = DnsServer::start([Zone::new("remote.test")
+        .mx("@", 10, "mx1")
+        .mx("@", 20, "mx2")
+        .a("mx1", ipv4(2))
+        .cname("mx2", "backup-host")
+        .a("backup-host", ipv4(3))])
+    .await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send("alice@example.com", &["carol@remote.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+
+    let got = backup.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "alice@example.com");
+    assert_eq!(got[0].recipients, ["carol@remote.test"]);
+    assert_eq!(
+        got[0].data, MESSAGE,
+        "dot-stuffed on the wire, intact after"
+    );
+    assert!(
+        node.inbox("alice@example.com").await.is_empty(),
+        "no bounce"
+    );
+}
+
+/// No MX records: the domain's own A record is the implicit MX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_used_when_there_is_no_mx() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(4), port, Mode::Accept, None).await;
+    let dns = DnsServer::start([Zone::new("nomx.test").a("@", ipv4(4))]).await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send(
+        "alice@example.com",
+        &["dave@nomx.test"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
+    node.wait_empty_queue().await;
+    assert_eq!(peer.messages().len(), 1);
+}
+
+/// A 451 to RCPT is retried after `delivery.retry_intervals` and the
+/// message is then delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferral_is_retried_and_delivered_exactly_once() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(5), port, Mode::DeferFirst(1), None).await;
+    let dns = DnsServer::start([Zone::new("slow.test").mx("@", 10, "mx").a("mx", ipv4(5))]).await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send("alice@example.com", &["erin@slow.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+    assert!(
+        peer.connections() >= 2,
+        "one deferred attempt, one delivery"
+    );
+    // Nothing more comes later either.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = peer.messages();
+    assert_eq!(got.len(), 1, "delivered exactly once");
+    assert_eq!(got[0].data, MESSAGE);
+    assert!(
+        node.inbox("alice@example.com").await.is_empty(),
+        "no bounce"
+    );
+}
+
+/// A 550 and a null MX: one DSN to the (local) sender, with the remote's
+/// reply, the statuses and the original headers — and no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_and_null_mx_bounce_with_one_dsn() {
+    let port = common::free_port();
+    let _peer = Peer::start(loopback(6), port, Mode::Refuse, None).await;
+    let dns = DnsServer::start([
+        Zone::new("refuse.test").mx("@", 10, "mx").a("mx", ipv4(6)),
+        Zone::new("nomail.test").mx("@", 0, "."),
+    ])
+    .await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send(
+        "alice@example.com",
+        &["frank@refuse.test", "gina@nomail.test"],
+        MESSAGE,
+    )
+    .await;
+    node.wait_empty_queue().await;
+    common::wait_for("the bounce", || async {
+        !node.inbox("alice@example.com").await.is_empty()
+    })
+    .await;
+    // Both failures are reported, in one DSN or in one per domain turn;
+    // each failure exactly once.
+    let bounces = node.inbox("alice@example.com").await;
+    let all = bounces.join("\n");
+    for dsn in &bounces {
+        assert!(
+            dsn.starts_with("Return-Path: <>\r\n"),
+            "null sender:\n{dsn}"
+        );
+        assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(dsn.contains("Content-Type: message/delivery-status\r\n"));
+        assert!(dsn.contains("Reporting-MTA: dns; mx.example.com\r\n"));
+        assert!(
+            dsn.contains("Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@example.com\r\n")
+        );
+        assert!(dsn.contains("Subject: relay me\r\n"));
+        assert!(!dsn.contains("..two dots"), "headers only by default");
+    }
+    assert_eq!(
+        all.matches("Final-Recipient: rfc822; frank@refuse.test")
+            .count(),
+        1
+    );
+    assert_eq!(
+        all.matches("Final-Recipient: rfc822; gina@nomail.test")
+            .count(),
+        1
+    );
+    assert!(all.contains("Status: 5.1.1\r\nRemote-MTA: dns; mx.refuse.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user here\r\n"), "{all}");
+    assert!(
+        all.contains(
+            "Final-Recipient: rfc822; gina@nomail.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"
+        ),
+        "{all}"
+    );
+}
+
+/// A destination that defers for ever: after `delivery.max_queue_lifetime`
+/// the sender gets a DSN saying so, with the last 4xx reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_bounces_with_the_last_reply() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(7), port, Mode::DeferAlways, None).await;
+    let dns = DnsServer::start([Zone::new("never.test").mx("@", 10, "mx").a("mx", ipv4(7))]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.max_queue_lifetime = "3s".into();
+    })
+    .await;
+    node.send("alice@example.com", &["hank@never.test"], MESSAGE)
+        .await;
+    common::wait_for("the expiry bounce", || async {
+        !node.inbox("alice@example.com").await.is_empty()
+    })
+    .await;
+    node.wait_empty_queue().await;
+    let bounces = node.inbox("alice@example.com").await;
+    assert_eq!(bounces.len(), 1);
+    let dsn = &bounces[0];
+    assert!(
+        dsn.contains(
+            "Final-Recipient: rfc822; hank@never.test\r\nAction: failed\r\nStatus: 4.7.1\r\n"
+        ),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Diagnostic-Code: smtp; 451 4.7.1 greylisted, try again later\r\n"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("message expired after"), "{dsn}");
+    assert!(peer.connections() >= 2, "retried before expiring");
+    assert!(peer.messages().is_empty());
+}
+
+/// A bounce of a message whose sender is `<>` is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_bounce_to_the_null_sender() {
+    let port = common::free_port();
+    let _peer = Peer::start(loopback(8), port, Mode::Refuse, None).await;
+    let dns = DnsServer::start([Zone::new("refuse.test").mx("@", 10, "mx").a("mx", ipv4(8))]).await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send("", &["ivan@refuse.test"], MESSAGE).await;
+    node.wait_empty_queue().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(node.depth().await, 0, "no DSN entry");
+}
+
+/// STARTTLS is used when offered; the certificate of a test CA we do not
+/// trust is accepted (opportunistic) and the message goes over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_used_when_offered() {
+    let port = common::free_port();
+    let (acceptor, _ca) = common::peer::tls_for("mx.secure.test");
+    let peer = Peer::start(loopback(9), port, Mode::Accept, Some(acceptor)).await;
+    let dns = DnsServer::start([Zone::new("secure.test").mx("@", 10, "mx").a("mx", ipv4(9))]).await;
+    let node = node(&dns, port, |_| {}).await;
+    node.send("alice@example.com", &["judy@secure.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+    let got = peer.messages();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "delivered inside TLS");
+}
+
+/// The client records whether the certificate verified: against a CA it
+/// trusts for the right name, yes; otherwise it still delivers, unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verification_is_recorded() {
+    let port = common::free_port();
+    let (acceptor, ca) = common::peer::tls_for("mx.secure.test");
+    let peer = Peer::start(loopback(10), port, Mode::Accept, Some(acceptor)).await;
+    let recipients = vec!["kim@secure.test".to_string()];
+    let envelope = Envelope {
+        mail_from: "alice@example.com",
+        recipients: &recipients,
+        message: MESSAGE,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let settings = |tls| ClientSettings {
+        ehlo_name: "mx.example.com".into(),
+        timeouts: Timeouts::default(),
+        tls,
+        starttls: true,
+    };
+    let trusted = settings(TlsClient::new(roots));
+    let t = client::deliver(peer.addr, "mx.secure.test", &trusted, &envelope)
+        .await
+        .unwrap();
+    assert_eq!(t.tls, Some(TlsOutcome::Verified));
+    // The right CA, the wrong name.
+    let t = client::deliver(peer.addr, "other.test", &trusted, &envelope)
+        .await
+        .unwrap();
+    assert!(
+        matches!(t.tls, Some(TlsOutcome::Unverified(_))),
+        "{:?}",
+        t.tls
+    );
+    let untrusted = settings(TlsClient::new(rustls::RootCertStore::empty()));
+    let t = client::deliver(peer.addr, "mx.secure.test", &untrusted, &envelope)
+        .await
+        .unwrap();
+    assert!(matches!(t.tls, Some(TlsOutcome::Unverified(_))));
+    assert_eq!(peer.messages().len(), 3);
+    assert!(peer.messages().iter().all(|m| m.tls));
+}
