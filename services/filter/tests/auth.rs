@@ -504,3 +504,116 @@ async fn received_spf_and_authserv_id_come_from_config() {
     // Authentication-Results is first, the spam headers after it.
     assert_eq!(verdict.headers[0].name, "Authentication-Results");
 }
+
+/// Process CPU time (user + system) from /proc/self/stat, in milliseconds.
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks are 100 per second on Linux.
+    Some((utime + stime) * 10.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdict_for_a_50k_signed_message_with_warm_cache() {
+    let world = World::start().await;
+    let bayes = Arc::new(mailfleet_filter::bayes::Bayes::memory());
+    let resolver = mailfleet_runtime::dns::resolver(&Dns {
+        servers: vec![world.dns.addr().to_string()],
+        ..Dns::default()
+    })
+    .unwrap();
+    let config = FilterConfig {
+        dnsbl_zones: vec!["bl.test".into()],
+        uribl_zones: vec!["uribl.test".into()],
+        ..FilterConfig::default()
+    };
+    let engine = Arc::new(
+        Engine::from_config(
+            &config,
+            "mx.example.org",
+            Some(resolver),
+            None,
+            Some(bayes.clone()),
+        )
+        .unwrap(),
+    );
+    // A typical 50 KB message: text and HTML alternatives with links.
+    let paragraph = "Thanks for the review of the quarterly budget. The migration of the \
+        billing database is scheduled for Thursday; see https://wiki.sender.test/migration \
+        for the runbook and ping the team if anything looks off.\r\n";
+    let mut text = String::new();
+    while text.len() < 24 * 1024 {
+        text.push_str(paragraph);
+    }
+    let html = text.replace("\r\n", "<br>\r\n");
+    let body = format!(
+        "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\
+         --b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body>{html}</body></html>\r\n--b1--\r\n"
+    );
+    let raw = format!(
+        "From: CEO <ceo@sender.test>\r\nTo: alice@example.org\r\nSubject: quarterly report\r\n\
+         Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <perf@sender.test>\r\n{body}"
+    );
+    let signed = world.sign_rsa("sender.test", raw.as_bytes());
+    assert!(signed.len() >= 48 * 1024, "{}", signed.len());
+    for spam in [true, false] {
+        for i in 0..5 {
+            let sample = request(
+                GOOD_IP,
+                "mail.sender.test",
+                "ceo@sender.test",
+                message("x@sender.test", &format!("sample {i} {spam}")),
+            );
+            let analysis = mailfleet_filter::analysis::Analysis::new(&sample);
+            bayes.learn(&analysis, spam).await.unwrap();
+        }
+    }
+    let req = || {
+        request(
+            GOOD_IP,
+            "mail.sender.test",
+            "ceo@sender.test",
+            signed.clone(),
+        )
+    };
+
+    // Warm the resolver's cache.
+    let first = engine.check(req()).await.unwrap();
+    assert!(
+        auth_results(&first).contains("dkim=pass"),
+        "{}",
+        auth_results(&first)
+    );
+    assert!(auth_results(&first).contains("dmarc=pass"));
+
+    let runs = 40;
+    let cpu_before = process_cpu_ms();
+    let started = std::time::Instant::now();
+    for _ in 0..runs {
+        let verdict = engine.check(req()).await.unwrap();
+        assert_eq!(verdict.action(), Action::Accept, "{:?}", fired(&verdict));
+    }
+    let wall = started.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    let cpu = match (cpu_before, process_cpu_ms()) {
+        (Some(before), Some(after)) => (after - before) / runs as f64,
+        _ => f64::NAN,
+    };
+    println!(
+        "verdict for a {} byte DKIM-signed message, warm cache: {wall:.2} ms wall, \
+         {cpu:.2} ms CPU (process, all threads) per message over {runs} runs{}",
+        signed.len(),
+        if cfg!(debug_assertions) {
+            " (debug build)"
+        } else {
+            ""
+        }
+    );
+    // Generous bound for a shared machine and debug builds; the measured
+    // numbers are printed above.
+    assert!(wall < 500.0, "{wall} ms per verdict");
+}
