@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+mod base64;
 pub mod imap;
 mod io;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub struct Limits {
     pub pop3_idle_timeout: Duration,
     /// The name in greetings.
     pub hostname: String,
+    /// Largest message an IMAP APPEND may carry.
+    pub max_append_bytes: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             imap_idle_timeout: Duration::from_secs(30 * 60),
             pop3_idle_timeout: Duration::from_secs(10 * 60),
             hostname: "localhost".into(),
+            max_append_bytes: 25 * 1024 * 1024,
         }
     }
 }

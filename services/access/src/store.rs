@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_proto::mailstore::{
-    AccountRequest, AuthRequest, ExpungeRequest, MailboxRequest, MessageRequest, StoreFlagsRequest,
+    AccountRequest, AuthRequest, CopyRequest, DeliverRequest, ExpungeRequest, MailboxRequest,
+    MessageRequest, RenameMailboxRequest, StoreFlagsRequest, SubscribeRequest,
 };
 use tonic::transport::Channel;
 
@@ -25,6 +26,33 @@ pub enum AccessError {
     Unavailable(String),
     #[error("mailstore refused: {0}")]
     Refused(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// RFC 9208 §4: the account's quota would be exceeded.
+    #[error("over quota: {0}")]
+    OverQuota(String),
+}
+
+/// Where APPEND put a message (UIDPLUS `APPENDUID`, RFC 4315 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub uid_validity: u32,
+    pub uid: u32,
+}
+
+/// What COPY or MOVE did: `pairs[i]` is (source UID, new UID).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Copied {
+    pub uid_validity: u32,
+    pub pairs: Vec<(u32, u32)>,
+}
+
+/// An account's storage (RFC 9208 `STORAGE`, in bytes; limit 0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    pub messages: u64,
 }
 
 impl From<tonic::Status> for AccessError {
@@ -32,10 +60,11 @@ impl From<tonic::Status> for AccessError {
         let message = status.message().to_owned();
         match status.code() {
             tonic::Code::NotFound => AccessError::NotFound(message),
+            tonic::Code::AlreadyExists => AccessError::AlreadyExists(message),
+            tonic::Code::ResourceExhausted => AccessError::OverQuota(message),
             tonic::Code::InvalidArgument
             | tonic::Code::PermissionDenied
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::AlreadyExists => AccessError::Refused(message),
+            | tonic::Code::FailedPrecondition => AccessError::Refused(message),
             _ => AccessError::Unavailable(format!("{:?}: {message}", status.code())),
         }
     }
@@ -79,6 +108,35 @@ pub trait MailAccess: Send + Sync + 'static {
         mailbox: &str,
         uids: &[u32],
     ) -> Result<Vec<u32>, AccessError>;
+    /// RFC 9051 §6.3.4 CREATE (superior names are created too).
+    async fn create_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError>;
+    async fn delete_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError>;
+    async fn rename_mailbox(&self, account: &str, from: &str, to: &str) -> Result<(), AccessError>;
+    async fn set_subscribed(
+        &self,
+        account: &str,
+        mailbox: &str,
+        subscribed: bool,
+    ) -> Result<(), AccessError>;
+    /// RFC 9051 §6.3.12 APPEND; `internal_date_ms` 0 means now.
+    async fn append(
+        &self,
+        account: &str,
+        mailbox: &str,
+        message: &[u8],
+        flags: &[String],
+        internal_date_ms: i64,
+    ) -> Result<Appended, AccessError>;
+    /// COPY, or MOVE when `move_messages` (RFC 6851), of `uids`.
+    async fn copy(
+        &self,
+        account: &str,
+        from: &str,
+        to: &str,
+        uids: &[u32],
+        move_messages: bool,
+    ) -> Result<Copied, AccessError>;
+    async fn quota(&self, account: &str) -> Result<Quota, AccessError>;
 }
 
 /// [`MailAccess`] over the mailstore's gRPC `Directory` and `Mailstore`
@@ -220,5 +278,126 @@ impl MailAccess for GrpcMailAccess {
             })
             .await?;
         Ok(reply.into_inner().expunged_uids)
+    }
+
+    async fn create_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError> {
+        self.mailstore
+            .clone()
+            .create_mailbox(MailboxRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError> {
+        self.mailstore
+            .clone()
+            .delete_mailbox(MailboxRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn rename_mailbox(&self, account: &str, from: &str, to: &str) -> Result<(), AccessError> {
+        self.mailstore
+            .clone()
+            .rename_mailbox(RenameMailboxRequest {
+                account: account.to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn set_subscribed(
+        &self,
+        account: &str,
+        mailbox: &str,
+        subscribed: bool,
+    ) -> Result<(), AccessError> {
+        self.mailstore
+            .clone()
+            .set_subscribed(SubscribeRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                subscribed,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        account: &str,
+        mailbox: &str,
+        message: &[u8],
+        flags: &[String],
+        internal_date_ms: i64,
+    ) -> Result<Appended, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .deliver(DeliverRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                message: message.to_vec(),
+                // APPEND is not deduplicated: a client may append twice.
+                idempotency_key: String::new(),
+                flags: flags.to_vec(),
+                internal_date_ms,
+            })
+            .await?
+            .into_inner();
+        Ok(Appended {
+            uid_validity: reply.uid_validity,
+            uid: reply.uid,
+        })
+    }
+
+    async fn copy(
+        &self,
+        account: &str,
+        from: &str,
+        to: &str,
+        uids: &[u32],
+        move_messages: bool,
+    ) -> Result<Copied, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .copy_messages(CopyRequest {
+                account: account.to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+                uids: uids.to_vec(),
+                move_messages,
+            })
+            .await?
+            .into_inner();
+        Ok(Copied {
+            uid_validity: reply.uid_validity,
+            pairs: reply.source_uids.into_iter().zip(reply.dest_uids).collect(),
+        })
+    }
+
+    async fn quota(&self, account: &str) -> Result<Quota, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .get_quota(AccountRequest {
+                account: account.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(Quota {
+            used_bytes: reply.used_bytes,
+            limit_bytes: reply.limit_bytes,
+            messages: reply.messages,
+        })
     }
 }

@@ -270,9 +270,20 @@ async fn fetch_header_text_rfc822_and_uid_fetch() {
         format!("* 2 FETCH (RFC822 {{{}}}", MESSAGE_2.len())
     );
     assert_eq!(h.store.message("INBOX", 2).unwrap().flags, ["\\Seen"]);
-    // Unsupported items and numbers beyond the mailbox are BAD.
+    // ENVELOPE: sender and reply-to default to from (RFC 3501 §7.4.2).
     let lines = h.client.imap("f5", "FETCH 1 ENVELOPE").await;
-    assert!(lines[0].starts_with("f5 BAD"), "{lines:?}");
+    assert_eq!(
+        lines,
+        [
+            "* 1 FETCH (ENVELOPE (NIL \"one\" ((NIL NIL \"bob\" \"example.org\")) \
+             ((NIL NIL \"bob\" \"example.org\")) ((NIL NIL \"bob\" \"example.org\")) \
+             NIL NIL NIL NIL NIL))",
+            "f5 OK FETCH completed"
+        ]
+    );
+    // Unknown items and numbers beyond the mailbox are BAD.
+    let lines = h.client.imap("f5b", "FETCH 1 FROB").await;
+    assert!(lines[0].starts_with("f5b BAD"), "{lines:?}");
     let lines = h.client.imap("f6", "FETCH 3 FLAGS").await;
     assert_eq!(lines, ["f6 BAD invalid message sequence number"]);
 }

@@ -2,8 +2,10 @@
 //! [`parser`] turns command bytes into [`parser::Command`]s, [`session`]
 //! runs the state machine, [`response`] encodes what handlers return.
 
+pub mod mime;
 pub mod parser;
 pub mod response;
+pub mod search;
 pub mod session;
 
 pub use session::serve;

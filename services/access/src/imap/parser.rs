@@ -10,8 +10,8 @@ use std::fmt;
 /// to the server; RFC 7162 §4 recommends at least 8192 octets per line).
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
-/// Largest single literal accepted in a command (no APPEND yet, so literals
-/// only carry user names, passwords and mailbox names).
+/// Largest single literal accepted in a command other than APPEND (user
+/// names, passwords, mailbox names, search strings).
 pub const MAX_LITERAL_BYTES: usize = 64 * 1024;
 
 /// A parsed command: its tag and what it asks for.
@@ -26,24 +26,75 @@ pub enum CommandBody {
     Capability,
     Noop,
     Logout,
+    /// RFC 9051 §6.2.2; `initial` is the SASL-IR initial response (RFC 4959).
+    Authenticate {
+        mechanism: String,
+        initial: Option<String>,
+    },
     Login {
         user: String,
         password: String,
     },
+    /// RFC 5161
+    Enable {
+        capabilities: Vec<String>,
+    },
+    /// RFC 2971; the client's parameters are only logged.
+    Id {
+        parameters: Vec<(String, String)>,
+    },
+    /// RFC 2342
+    Namespace,
     List {
+        reference: String,
+        patterns: Vec<String>,
+        options: ListOptions,
+    },
+    Lsub {
         reference: String,
         pattern: String,
     },
     Select {
         mailbox: String,
+        condstore: bool,
     },
     Examine {
         mailbox: String,
+        condstore: bool,
+    },
+    Create {
+        mailbox: String,
+    },
+    Delete {
+        mailbox: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        mailbox: String,
+    },
+    Unsubscribe {
+        mailbox: String,
+    },
+    Status {
+        mailbox: String,
+        items: Vec<StatusItem>,
+    },
+    Append {
+        mailbox: String,
+        flags: Vec<String>,
+        /// The date-time argument, as ms since the epoch.
+        date_ms: Option<i64>,
+        message: Vec<u8>,
     },
     Fetch {
         uid: bool,
         set: SequenceSet,
         items: Vec<FetchItem>,
+        /// RFC 7162 §3.1.4 CHANGEDSINCE modifier.
+        changed_since: Option<u64>,
     },
     Store {
         uid: bool,
@@ -51,8 +102,36 @@ pub enum CommandBody {
         mode: StoreMode,
         silent: bool,
         flags: Vec<String>,
+        /// RFC 7162 §3.1.3 UNCHANGEDSINCE modifier.
+        unchanged_since: Option<u64>,
+    },
+    /// COPY (RFC 9051 §6.4.7) or MOVE (RFC 6851 §3.1).
+    Copy {
+        uid: bool,
+        set: SequenceSet,
+        mailbox: String,
+        move_messages: bool,
+    },
+    Search {
+        uid: bool,
+        /// RFC 4731 ESEARCH `RETURN (...)` options; `None` for a plain
+        /// SEARCH.
+        returns: Option<Vec<SearchReturn>>,
+        key: SearchKey,
     },
     Expunge,
+    /// RFC 4315 §2.1 UID EXPUNGE
+    UidExpunge {
+        set: SequenceSet,
+    },
+    /// RFC 9208 §4.2
+    GetQuota {
+        root: String,
+    },
+    /// RFC 9208 §4.3
+    GetQuotaRoot {
+        mailbox: String,
+    },
     Close,
     Unselect,
     Check,
@@ -66,19 +145,176 @@ impl CommandBody {
             CommandBody::Capability => "CAPABILITY",
             CommandBody::Noop => "NOOP",
             CommandBody::Logout => "LOGOUT",
+            CommandBody::Authenticate { .. } => "AUTHENTICATE",
             CommandBody::Login { .. } => "LOGIN",
+            CommandBody::Enable { .. } => "ENABLE",
+            CommandBody::Id { .. } => "ID",
+            CommandBody::Namespace => "NAMESPACE",
             CommandBody::List { .. } => "LIST",
+            CommandBody::Lsub { .. } => "LSUB",
             CommandBody::Select { .. } => "SELECT",
             CommandBody::Examine { .. } => "EXAMINE",
+            CommandBody::Create { .. } => "CREATE",
+            CommandBody::Delete { .. } => "DELETE",
+            CommandBody::Rename { .. } => "RENAME",
+            CommandBody::Subscribe { .. } => "SUBSCRIBE",
+            CommandBody::Unsubscribe { .. } => "UNSUBSCRIBE",
+            CommandBody::Status { .. } => "STATUS",
+            CommandBody::Append { .. } => "APPEND",
             CommandBody::Fetch { uid: false, .. } => "FETCH",
             CommandBody::Fetch { uid: true, .. } => "UID FETCH",
             CommandBody::Store { uid: false, .. } => "STORE",
             CommandBody::Store { uid: true, .. } => "UID STORE",
+            CommandBody::Copy {
+                uid: false,
+                move_messages: false,
+                ..
+            } => "COPY",
+            CommandBody::Copy {
+                uid: true,
+                move_messages: false,
+                ..
+            } => "UID COPY",
+            CommandBody::Copy {
+                uid: false,
+                move_messages: true,
+                ..
+            } => "MOVE",
+            CommandBody::Copy {
+                uid: true,
+                move_messages: true,
+                ..
+            } => "UID MOVE",
+            CommandBody::Search { uid: false, .. } => "SEARCH",
+            CommandBody::Search { uid: true, .. } => "UID SEARCH",
             CommandBody::Expunge => "EXPUNGE",
+            CommandBody::UidExpunge { .. } => "UID EXPUNGE",
+            CommandBody::GetQuota { .. } => "GETQUOTA",
+            CommandBody::GetQuotaRoot { .. } => "GETQUOTAROOT",
             CommandBody::Close => "CLOSE",
             CommandBody::Unselect => "UNSELECT",
             CommandBody::Check => "CHECK",
             CommandBody::Idle => "IDLE",
+        }
+    }
+}
+
+/// RFC 5258 LIST-EXTENDED selection and return options, and RFC 6154
+/// SPECIAL-USE, RFC 5819 LIST-STATUS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Selection `SUBSCRIBED`: only subscribed mailboxes.
+    pub subscribed_only: bool,
+    /// Selection `SPECIAL-USE`: only mailboxes with a special use.
+    pub special_use_only: bool,
+    /// Return `SUBSCRIBED`: add `\Subscribed`.
+    pub return_subscribed: bool,
+    /// Return `SPECIAL-USE`: add the special-use attributes.
+    pub return_special_use: bool,
+    /// Return `STATUS (...)`: a STATUS response per listed mailbox.
+    pub return_status: Vec<StatusItem>,
+    /// Any extended syntax was used (selection or return options, or a
+    /// pattern list): the reply follows RFC 5258 rules.
+    pub extended: bool,
+}
+
+/// RFC 9051 §6.3.11 status data items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    Messages,
+    UidNext,
+    UidValidity,
+    Unseen,
+    Deleted,
+    Size,
+    Recent,
+    HighestModSeq,
+}
+
+/// RFC 4731 §3.1 ESEARCH return options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchReturn {
+    Min,
+    Max,
+    All,
+    Count,
+}
+
+/// RFC 9051 §6.4.4 search keys. Dates are days since 1970-01-01.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    All,
+    Answered,
+    Deleted,
+    Draft,
+    Flagged,
+    Seen,
+    New,
+    Old,
+    Recent,
+    Unanswered,
+    Undeleted,
+    Undraft,
+    Unflagged,
+    Unseen,
+    Keyword(String),
+    Unkeyword(String),
+    Bcc(String),
+    Cc(String),
+    From(String),
+    To(String),
+    Subject(String),
+    Body(String),
+    Text(String),
+    Header(String, String),
+    Before(i64),
+    On(i64),
+    Since(i64),
+    SentBefore(i64),
+    SentOn(i64),
+    SentSince(i64),
+    Larger(u64),
+    Smaller(u64),
+    Uid(SequenceSet),
+    Sequence(SequenceSet),
+    /// RFC 7162 §3.1.5
+    ModSeq(u64),
+    Not(Box<SearchKey>),
+    Or(Box<SearchKey>, Box<SearchKey>),
+    And(Vec<SearchKey>),
+}
+
+impl SearchKey {
+    /// Whether evaluating the key needs the message's bytes.
+    pub fn needs_body(&self) -> bool {
+        match self {
+            SearchKey::Bcc(_)
+            | SearchKey::Cc(_)
+            | SearchKey::From(_)
+            | SearchKey::To(_)
+            | SearchKey::Subject(_)
+            | SearchKey::Body(_)
+            | SearchKey::Text(_)
+            | SearchKey::Header(..)
+            | SearchKey::SentBefore(_)
+            | SearchKey::SentOn(_)
+            | SearchKey::SentSince(_) => true,
+            SearchKey::Not(k) => k.needs_body(),
+            SearchKey::Or(a, b) => a.needs_body() || b.needs_body(),
+            SearchKey::And(keys) => keys.iter().any(SearchKey::needs_body),
+            _ => false,
+        }
+    }
+
+    /// Whether the key mentions MODSEQ (RFC 7162 §3.1.5: the answer then
+    /// carries `(MODSEQ n)`).
+    pub fn uses_modseq(&self) -> bool {
+        match self {
+            SearchKey::ModSeq(_) => true,
+            SearchKey::Not(k) => k.uses_modseq(),
+            SearchKey::Or(a, b) => a.uses_modseq() || b.uses_modseq(),
+            SearchKey::And(keys) => keys.iter().any(SearchKey::uses_modseq),
+            _ => false,
         }
     }
 }
@@ -110,23 +346,75 @@ impl SequenceSet {
     }
 }
 
-/// The part of a message a `BODY[...]` item names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
-    /// `BODY[]`: the whole message.
+/// What a section names inside its part (RFC 9051 §6.4.5 `section-text`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionText {
+    /// No text specifier: the whole part (`BODY[]`, `BODY[1.2]`).
     Full,
-    /// `BODY[HEADER]`: the header, with the blank line that ends it.
     Header,
-    /// `BODY[TEXT]`: what follows the header.
+    /// `HEADER.FIELDS (...)` or, with `not`, `HEADER.FIELDS.NOT (...)`.
+    HeaderFields {
+        not: bool,
+        fields: Vec<String>,
+    },
     Text,
+    /// `MIME`: the MIME header of a numbered part.
+    Mime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `BODY[...]` section: a part path (empty for the message) and a text
+/// specifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub part: Vec<u32>,
+    pub text: SectionText,
+}
+
+impl Section {
+    pub fn full() -> Self {
+        Section {
+            part: Vec::new(),
+            text: SectionText::Full,
+        }
+    }
+
+    pub fn text(text: SectionText) -> Self {
+        Section {
+            part: Vec::new(),
+            text,
+        }
+    }
+
+    /// The section as the client should see it echoed back.
+    pub fn spec(&self) -> String {
+        let mut out: Vec<String> = self.part.iter().map(u32::to_string).collect();
+        match &self.text {
+            SectionText::Full => {}
+            SectionText::Header => out.push("HEADER".into()),
+            SectionText::Text => out.push("TEXT".into()),
+            SectionText::Mime => out.push("MIME".into()),
+            SectionText::HeaderFields { not, fields } => out.push(format!(
+                "HEADER.FIELDS{} ({})",
+                if *not { ".NOT" } else { "" },
+                fields.join(" ")
+            )),
+        }
+        out.join(".")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchItem {
     Flags,
     Uid,
     Rfc822Size,
     InternalDate,
+    Envelope,
+    BodyStructure,
+    /// `BODY` without a section: BODYSTRUCTURE without extension data.
+    BodySimple,
+    /// RFC 7162 §3.1.4.1
+    ModSeq,
     /// `RFC822`: like `BODY[]`, answered as `RFC822`.
     Rfc822,
     /// `RFC822.HEADER`: like `BODY.PEEK[HEADER]`.
@@ -139,6 +427,15 @@ pub enum FetchItem {
         /// `<offset.length>`
         partial: Option<(u32, u32)>,
     },
+    /// RFC 3516 / RFC 9051 `BINARY[part]`: the decoded content.
+    Binary {
+        part: Vec<u32>,
+        peek: bool,
+        partial: Option<(u32, u32)>,
+    },
+    BinarySize {
+        part: Vec<u32>,
+    },
 }
 
 impl FetchItem {
@@ -146,18 +443,22 @@ impl FetchItem {
     pub fn sets_seen(&self) -> bool {
         matches!(
             self,
-            FetchItem::Rfc822 | FetchItem::Rfc822Text | FetchItem::Body { peek: false, .. }
+            FetchItem::Rfc822
+                | FetchItem::Rfc822Text
+                | FetchItem::Body { peek: false, .. }
+                | FetchItem::Binary { peek: false, .. }
         )
     }
 
     /// Whether answering needs the message's bytes.
     pub fn needs_body(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            FetchItem::Rfc822
-                | FetchItem::Rfc822Header
-                | FetchItem::Rfc822Text
-                | FetchItem::Body { .. }
+            FetchItem::Flags
+                | FetchItem::Uid
+                | FetchItem::Rfc822Size
+                | FetchItem::InternalDate
+                | FetchItem::ModSeq
         )
     }
 }
@@ -226,6 +527,17 @@ pub fn leading_tag(line: &[u8]) -> Option<String> {
     cursor.tag().ok()
 }
 
+/// Whether a command line is an APPEND, whose literal is a message and may
+/// be far larger than other literals.
+pub fn is_append(line: &[u8]) -> bool {
+    let mut cursor = Cursor::new(line);
+    cursor.tag().is_ok()
+        && cursor.space().is_ok()
+        && cursor
+            .atom()
+            .is_ok_and(|verb| verb.eq_ignore_ascii_case(b"APPEND"))
+}
+
 /// Parses one complete command (literals inlined, final CRLF removed).
 pub fn parse_command(input: &[u8]) -> Result<Command, ParseError> {
     let mut cursor = Cursor::new(input);
@@ -253,6 +565,7 @@ fn parse_body(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
         b"UNSELECT" => CommandBody::Unselect,
         b"CHECK" => CommandBody::Check,
         b"IDLE" => CommandBody::Idle,
+        b"NAMESPACE" => CommandBody::Namespace,
         b"LOGIN" => {
             c.space()?;
             let user = c.astring_utf8()?;
@@ -260,36 +573,136 @@ fn parse_body(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
             let password = c.astring_utf8()?;
             CommandBody::Login { user, password }
         }
-        b"SELECT" => {
+        b"AUTHENTICATE" => {
             c.space()?;
-            CommandBody::Select {
+            let mechanism = String::from_utf8_lossy(c.atom()?).to_ascii_uppercase();
+            let initial = if c.eat(b' ') {
+                let response = c.take_while(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+                if response.is_empty() {
+                    return Err("invalid initial response".into());
+                }
+                Some(String::from_utf8_lossy(response).into_owned())
+            } else {
+                None
+            };
+            CommandBody::Authenticate { mechanism, initial }
+        }
+        b"ENABLE" => {
+            let mut capabilities = Vec::new();
+            while c.eat(b' ') {
+                capabilities.push(String::from_utf8_lossy(c.atom()?).to_ascii_uppercase());
+            }
+            if capabilities.is_empty() {
+                return Err("ENABLE needs a capability".into());
+            }
+            CommandBody::Enable { capabilities }
+        }
+        b"ID" => {
+            c.space()?;
+            CommandBody::Id {
+                parameters: parse_id_params(c)?,
+            }
+        }
+        b"SELECT" | b"EXAMINE" => {
+            c.space()?;
+            let mailbox = c.mailbox()?;
+            let mut condstore = false;
+            if c.eat(b' ') {
+                // RFC 4466 §2.1 select parameters; RFC 7162 §3.1.8 CONDSTORE.
+                for param in parse_atom_list(c)? {
+                    match param.as_str() {
+                        "CONDSTORE" => condstore = true,
+                        _ => return Err(format!("unknown select parameter {param}")),
+                    }
+                }
+            }
+            if verb == b"SELECT" {
+                CommandBody::Select { mailbox, condstore }
+            } else {
+                CommandBody::Examine { mailbox, condstore }
+            }
+        }
+        b"CREATE" => {
+            c.space()?;
+            CommandBody::Create {
                 mailbox: c.mailbox()?,
             }
         }
-        b"EXAMINE" => {
+        b"DELETE" => {
             c.space()?;
-            CommandBody::Examine {
+            CommandBody::Delete {
                 mailbox: c.mailbox()?,
             }
         }
-        b"LIST" => {
+        b"RENAME" => {
             c.space()?;
-            if c.peek() == Some(b'(') {
-                return Err("LIST selection options are not supported".into());
+            let from = c.mailbox()?;
+            c.space()?;
+            let to = c.mailbox()?;
+            CommandBody::Rename { from, to }
+        }
+        b"SUBSCRIBE" => {
+            c.space()?;
+            CommandBody::Subscribe {
+                mailbox: c.mailbox()?,
             }
+        }
+        b"UNSUBSCRIBE" => {
+            c.space()?;
+            CommandBody::Unsubscribe {
+                mailbox: c.mailbox()?,
+            }
+        }
+        b"LIST" => parse_list(c)?,
+        b"LSUB" => {
+            c.space()?;
             let reference = c.mailbox()?;
             c.space()?;
             let pattern = c.list_mailbox()?;
-            CommandBody::List { reference, pattern }
+            CommandBody::Lsub { reference, pattern }
+        }
+        b"STATUS" => {
+            c.space()?;
+            let mailbox = c.mailbox()?;
+            c.space()?;
+            CommandBody::Status {
+                mailbox,
+                items: parse_status_items(c)?,
+            }
+        }
+        b"APPEND" => parse_append(c)?,
+        b"GETQUOTA" => {
+            c.space()?;
+            CommandBody::GetQuota {
+                root: c.astring_utf8()?,
+            }
+        }
+        b"GETQUOTAROOT" => {
+            c.space()?;
+            CommandBody::GetQuotaRoot {
+                mailbox: c.mailbox()?,
+            }
         }
         b"FETCH" => parse_fetch(c, false)?,
         b"STORE" => parse_store(c, false)?,
+        b"COPY" => parse_copy(c, false, false)?,
+        b"MOVE" => parse_copy(c, false, true)?,
+        b"SEARCH" => parse_search(c, false)?,
         b"UID" => {
             c.space()?;
             let sub = c.atom()?.to_ascii_uppercase();
             match sub.as_slice() {
                 b"FETCH" => parse_fetch(c, true)?,
                 b"STORE" => parse_store(c, true)?,
+                b"COPY" => parse_copy(c, true, false)?,
+                b"MOVE" => parse_copy(c, true, true)?,
+                b"SEARCH" => parse_search(c, true)?,
+                b"EXPUNGE" => {
+                    c.space()?;
+                    CommandBody::UidExpunge {
+                        set: c.sequence_set()?,
+                    }
+                }
                 _ => return Err("unknown UID command".into()),
             }
         }
@@ -301,8 +714,413 @@ fn parse_body(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
     Ok(body)
 }
 
+/// `"(" atom *(SP atom) ")"`, uppercased.
+fn parse_atom_list(c: &mut Cursor<'_>) -> Parsed<Vec<String>> {
+    if !c.eat(b'(') {
+        return Err("expected (".into());
+    }
+    let mut out = Vec::new();
+    if c.eat(b')') {
+        return Ok(out);
+    }
+    loop {
+        out.push(String::from_utf8_lossy(c.atom()?).to_ascii_uppercase());
+        if c.eat(b')') {
+            return Ok(out);
+        }
+        c.space()?;
+    }
+}
+
+/// RFC 2971: `id_params_list ::= "(" #(string SPACE nstring) ")" / nil`
+fn parse_id_params(c: &mut Cursor<'_>) -> Parsed<Vec<(String, String)>> {
+    if c.eat_word(b"NIL") {
+        return Ok(Vec::new());
+    }
+    if !c.eat(b'(') {
+        return Err("expected ( or NIL".into());
+    }
+    let mut out = Vec::new();
+    if c.eat(b')') {
+        return Ok(out);
+    }
+    loop {
+        let key = String::from_utf8_lossy(&c.string()?).into_owned();
+        c.space()?;
+        let value = if c.eat_word(b"NIL") {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&c.string()?).into_owned()
+        };
+        out.push((key, value));
+        if out.len() > 30 {
+            return Err("too many ID parameters".into());
+        }
+        if c.eat(b')') {
+            return Ok(out);
+        }
+        c.space()?;
+    }
+}
+
+/// RFC 5258 §3: `LIST [SP list-select-opts] SP mailbox SP mbox-or-pat
+/// [SP list-return-opts]`.
+fn parse_list(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
+    c.space()?;
+    let mut options = ListOptions::default();
+    if c.peek() == Some(b'(') {
+        options.extended = true;
+        for option in parse_atom_list(c)? {
+            match option.as_str() {
+                "SUBSCRIBED" => {
+                    options.subscribed_only = true;
+                    options.return_subscribed = true;
+                }
+                "SPECIAL-USE" => {
+                    options.special_use_only = true;
+                    options.return_special_use = true;
+                }
+                // We have no remote mailboxes, and RECURSIVEMATCH only
+                // changes which CHILDINFO is reported.
+                "REMOTE" | "RECURSIVEMATCH" => {}
+                _ => return Err(format!("unknown LIST selection option {option}")),
+            }
+        }
+        c.space()?;
+    }
+    let reference = c.mailbox()?;
+    c.space()?;
+    let mut patterns = Vec::new();
+    if c.eat(b'(') {
+        options.extended = true;
+        loop {
+            patterns.push(c.list_mailbox()?);
+            if c.eat(b')') {
+                break;
+            }
+            c.space()?;
+        }
+    } else {
+        patterns.push(c.list_mailbox()?);
+    }
+    if c.eat(b' ') {
+        options.extended = true;
+        if !c.eat_word(b"RETURN") {
+            return Err("expected RETURN".into());
+        }
+        c.space()?;
+        if !c.eat(b'(') {
+            return Err("expected ( after RETURN".into());
+        }
+        if !c.eat(b')') {
+            loop {
+                let option = c.atom()?.to_ascii_uppercase();
+                match option.as_slice() {
+                    b"SUBSCRIBED" => options.return_subscribed = true,
+                    b"SPECIAL-USE" => options.return_special_use = true,
+                    // Always sent (\HasChildren / \HasNoChildren).
+                    b"CHILDREN" => {}
+                    b"STATUS" => {
+                        c.space()?;
+                        options.return_status = parse_status_items(c)?;
+                    }
+                    _ => return Err("unknown LIST return option".into()),
+                }
+                if c.eat(b')') {
+                    break;
+                }
+                c.space()?;
+            }
+        }
+    }
+    Ok(CommandBody::List {
+        reference,
+        patterns,
+        options,
+    })
+}
+
+/// `"(" status-att *(SP status-att) ")"` (RFC 9051 §6.3.11).
+fn parse_status_items(c: &mut Cursor<'_>) -> Parsed<Vec<StatusItem>> {
+    let names = parse_atom_list(c)?;
+    if names.is_empty() {
+        return Err("STATUS needs at least one item".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            Ok(match name.as_str() {
+                "MESSAGES" => StatusItem::Messages,
+                "UIDNEXT" => StatusItem::UidNext,
+                "UIDVALIDITY" => StatusItem::UidValidity,
+                "UNSEEN" => StatusItem::Unseen,
+                "DELETED" => StatusItem::Deleted,
+                "SIZE" => StatusItem::Size,
+                "RECENT" => StatusItem::Recent,
+                "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+                _ => return Err(format!("unknown status item {name}")),
+            })
+        })
+        .collect()
+}
+
+/// RFC 9051 §6.3.12: `APPEND mailbox [SP flag-list] [SP date-time] SP
+/// literal`.
+fn parse_append(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
+    c.space()?;
+    let mailbox = c.mailbox()?;
+    c.space()?;
+    let mut flags = Vec::new();
+    if c.eat(b'(') {
+        if !c.eat(b')') {
+            loop {
+                flags.push(c.flag()?);
+                if c.eat(b')') {
+                    break;
+                }
+                c.space()?;
+            }
+        }
+        c.space()?;
+    }
+    let mut date_ms = None;
+    if c.peek() == Some(b'"') {
+        let raw = c.quoted()?;
+        date_ms = Some(parse_date_time(&raw).ok_or("invalid date-time")?);
+        c.space()?;
+    }
+    let message = c.literal_raw()?;
+    Ok(CommandBody::Append {
+        mailbox,
+        flags,
+        date_ms,
+        message,
+    })
+}
+
+const MONTHS: [&[u8]; 12] = [
+    b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC",
+];
+
+/// RFC 9051 §9 `date-text`: `d-Mon-yyyy`, as days since 1970-01-01.
+pub fn parse_date(raw: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let mut parts = text.split('-');
+    let day: i64 = parts.next()?.trim().parse().ok()?;
+    let month = parts.next()?.to_ascii_uppercase();
+    let year: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(1..=31).contains(&day) || !(1..=9999).contains(&year) {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == month.as_bytes())? as i64 + 1;
+    Some(days_from_civil(year, month, day))
+}
+
+/// RFC 9051 §9 `date-time`: `dd-Mon-yyyy hh:mm:ss +zzzz` (day may be
+/// space-padded), as ms since the epoch.
+pub fn parse_date_time(raw: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(raw).ok()?.trim_start();
+    let (date, rest) = text.split_once(' ')?;
+    let (time, zone) = rest.split_once(' ')?;
+    let days = parse_date(date.as_bytes())?;
+    let mut hms = time.split(':').map(|v| v.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if h > 23 || m > 59 || s > 60 || hms.next().is_some() {
+        return None;
+    }
+    let zone = zone.as_bytes();
+    if zone.len() != 5 || !matches!(zone[0], b'+' | b'-') {
+        return None;
+    }
+    let digits: i64 = std::str::from_utf8(&zone[1..]).ok()?.parse().ok()?;
+    let offset = (digits / 100 * 60 + digits % 100) * 60;
+    let offset = if zone[0] == b'-' { -offset } else { offset };
+    let secs = days * 86_400 + h * 3600 + m * 60 + s - offset;
+    Some(secs * 1000)
+}
+
+/// (year, month, day) to days since 1970-01-01 (H. Hinnant's
+/// `days_from_civil`).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// RFC 9051 §6.4.7 `COPY sequence-set SP mailbox`, RFC 6851 MOVE.
+fn parse_copy(c: &mut Cursor<'_>, uid: bool, move_messages: bool) -> Parsed<CommandBody> {
+    c.space()?;
+    let set = c.sequence_set()?;
+    c.space()?;
+    let mailbox = c.mailbox()?;
+    Ok(CommandBody::Copy {
+        uid,
+        set,
+        mailbox,
+        move_messages,
+    })
+}
+
+/// RFC 9051 §6.4.4 / RFC 4731: `SEARCH [SP "RETURN" SP "(" ... ")"]
+/// [SP "CHARSET" SP charset] 1*(SP search-key)`.
+fn parse_search(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
+    c.space()?;
+    let mut returns = None;
+    if c.eat_word(b"RETURN") {
+        c.space()?;
+        let mut options = Vec::new();
+        for option in parse_atom_list(c)? {
+            options.push(match option.as_str() {
+                "MIN" => SearchReturn::Min,
+                "MAX" => SearchReturn::Max,
+                "ALL" => SearchReturn::All,
+                "COUNT" => SearchReturn::Count,
+                // RFC 5182 SAVE is not offered.
+                _ => return Err(format!("unknown search return option {option}")),
+            });
+        }
+        // RFC 4731 §3.1: an empty list means ALL.
+        if options.is_empty() {
+            options.push(SearchReturn::All);
+        }
+        returns = Some(options);
+        c.space()?;
+    }
+    if c.eat_word(b"CHARSET") {
+        c.space()?;
+        let charset = c.astring()?;
+        if !(charset.eq_ignore_ascii_case(b"UTF-8") || charset.eq_ignore_ascii_case(b"US-ASCII")) {
+            return Err("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into());
+        }
+        c.space()?;
+    }
+    let mut keys = vec![parse_search_key(c, 0)?];
+    while c.eat(b' ') {
+        keys.push(parse_search_key(c, 0)?);
+    }
+    let key = if keys.len() == 1 {
+        keys.remove(0)
+    } else {
+        SearchKey::And(keys)
+    };
+    Ok(CommandBody::Search { uid, returns, key })
+}
+
+/// Nesting bound for NOT/OR/parentheses: no stack overflow on hostile input.
+const MAX_SEARCH_DEPTH: usize = 32;
+
+fn parse_search_key(c: &mut Cursor<'_>, depth: usize) -> Parsed<SearchKey> {
+    if depth > MAX_SEARCH_DEPTH {
+        return Err("search keys nested too deeply".into());
+    }
+    if c.eat(b'(') {
+        let mut keys = vec![parse_search_key(c, depth + 1)?];
+        while c.eat(b' ') {
+            keys.push(parse_search_key(c, depth + 1)?);
+        }
+        if !c.eat(b')') {
+            return Err("expected ) in search".into());
+        }
+        return Ok(if keys.len() == 1 {
+            keys.remove(0)
+        } else {
+            SearchKey::And(keys)
+        });
+    }
+    if matches!(c.peek(), Some(b'0'..=b'9' | b'*')) {
+        return Ok(SearchKey::Sequence(c.sequence_set()?));
+    }
+    let word = c.atom()?.to_ascii_uppercase();
+    let arg = |c: &mut Cursor<'_>| -> Parsed<String> {
+        c.space()?;
+        c.astring_utf8()
+    };
+    let key = match word.as_slice() {
+        b"ALL" => SearchKey::All,
+        b"ANSWERED" => SearchKey::Answered,
+        b"DELETED" => SearchKey::Deleted,
+        b"DRAFT" => SearchKey::Draft,
+        b"FLAGGED" => SearchKey::Flagged,
+        b"SEEN" => SearchKey::Seen,
+        b"NEW" => SearchKey::New,
+        b"OLD" => SearchKey::Old,
+        b"RECENT" => SearchKey::Recent,
+        b"UNANSWERED" => SearchKey::Unanswered,
+        b"UNDELETED" => SearchKey::Undeleted,
+        b"UNDRAFT" => SearchKey::Undraft,
+        b"UNFLAGGED" => SearchKey::Unflagged,
+        b"UNSEEN" => SearchKey::Unseen,
+        b"KEYWORD" => SearchKey::Keyword(arg(c)?),
+        b"UNKEYWORD" => SearchKey::Unkeyword(arg(c)?),
+        b"BCC" => SearchKey::Bcc(arg(c)?),
+        b"CC" => SearchKey::Cc(arg(c)?),
+        b"FROM" => SearchKey::From(arg(c)?),
+        b"TO" => SearchKey::To(arg(c)?),
+        b"SUBJECT" => SearchKey::Subject(arg(c)?),
+        b"BODY" => SearchKey::Body(arg(c)?),
+        b"TEXT" => SearchKey::Text(arg(c)?),
+        b"HEADER" => {
+            let field = arg(c)?;
+            SearchKey::Header(field, arg(c)?)
+        }
+        b"BEFORE" | b"ON" | b"SINCE" | b"SENTBEFORE" | b"SENTON" | b"SENTSINCE" => {
+            c.space()?;
+            let raw = c.astring()?;
+            let day = parse_date(&raw).ok_or("invalid date")?;
+            match word.as_slice() {
+                b"BEFORE" => SearchKey::Before(day),
+                b"ON" => SearchKey::On(day),
+                b"SINCE" => SearchKey::Since(day),
+                b"SENTBEFORE" => SearchKey::SentBefore(day),
+                b"SENTON" => SearchKey::SentOn(day),
+                _ => SearchKey::SentSince(day),
+            }
+        }
+        b"LARGER" => {
+            c.space()?;
+            SearchKey::Larger(c.number64()?)
+        }
+        b"SMALLER" => {
+            c.space()?;
+            SearchKey::Smaller(c.number64()?)
+        }
+        b"UID" => {
+            c.space()?;
+            SearchKey::Uid(c.sequence_set()?)
+        }
+        b"MODSEQ" => {
+            c.space()?;
+            // RFC 7162 §3.1.5: an optional entry name and type come first.
+            if c.peek() == Some(b'"') {
+                c.quoted()?;
+                c.space()?;
+                c.atom()?;
+                c.space()?;
+            }
+            SearchKey::ModSeq(c.number64()?)
+        }
+        b"NOT" => {
+            c.space()?;
+            SearchKey::Not(Box::new(parse_search_key(c, depth + 1)?))
+        }
+        b"OR" => {
+            c.space()?;
+            let a = parse_search_key(c, depth + 1)?;
+            c.space()?;
+            let b = parse_search_key(c, depth + 1)?;
+            SearchKey::Or(Box::new(a), Box::new(b))
+        }
+        _ => return Err("unknown search key".into()),
+    };
+    Ok(key)
+}
+
 /// RFC 9051 §6.4.5: `FETCH sequence-set SP ("ALL" / "FULL" / "FAST" /
-/// fetch-att / "(" fetch-att *(SP fetch-att) ")")`.
+/// fetch-att / "(" fetch-att *(SP fetch-att) ")") [SP fetch-modifiers]`.
 fn parse_fetch(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
     c.space()?;
     let set = c.sequence_set()?;
@@ -319,22 +1137,128 @@ fn parse_fetch(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
     } else {
         let save = c.pos;
         let word = c.fetch_word().to_ascii_uppercase();
+        let fast = [
+            FetchItem::Flags,
+            FetchItem::InternalDate,
+            FetchItem::Rfc822Size,
+        ];
         match word.as_slice() {
-            // ENVELOPE is part of ALL and FULL but comes in a later issue;
-            // answer what we can rather than refuse common clients.
-            b"ALL" | b"FAST" => items.extend([
-                FetchItem::Flags,
-                FetchItem::InternalDate,
-                FetchItem::Rfc822Size,
-            ]),
-            b"FULL" => return Err("FETCH FULL is not supported yet".into()),
+            b"FAST" => items.extend(fast),
+            b"ALL" => {
+                items.extend(fast);
+                items.push(FetchItem::Envelope);
+            }
+            b"FULL" => {
+                items.extend(fast);
+                items.extend([FetchItem::Envelope, FetchItem::BodySimple]);
+            }
             _ => {
                 c.pos = save;
                 items.push(parse_fetch_att(c)?);
             }
         }
     }
-    Ok(CommandBody::Fetch { uid, set, items })
+    let mut changed_since = None;
+    if c.eat(b' ') {
+        // RFC 7162 §3.1.4: `(CHANGEDSINCE mod-sequence-value)`.
+        if !c.eat(b'(') || !c.eat_word(b"CHANGEDSINCE") {
+            return Err("expected (CHANGEDSINCE n)".into());
+        }
+        c.space()?;
+        changed_since = Some(c.number64()?);
+        if !c.eat(b')') {
+            return Err("expected ) after CHANGEDSINCE".into());
+        }
+        if !items.contains(&FetchItem::ModSeq) {
+            items.push(FetchItem::ModSeq);
+        }
+    }
+    Ok(CommandBody::Fetch {
+        uid,
+        set,
+        items,
+        changed_since,
+    })
+}
+
+/// `<offset.length>` after a section.
+fn parse_partial(c: &mut Cursor<'_>) -> Parsed<Option<(u32, u32)>> {
+    if !c.eat(b'<') {
+        return Ok(None);
+    }
+    let offset = c.number()?;
+    if !c.eat(b'.') {
+        return Err("expected . in partial".into());
+    }
+    let length = c.number()?;
+    if length == 0 {
+        return Err("partial length must not be zero".into());
+    }
+    if !c.eat(b'>') {
+        return Err("expected > after partial".into());
+    }
+    Ok(Some((offset, length)))
+}
+
+/// `section-part = nz-number *("." nz-number)`, as far as it goes.
+fn parse_part_path(c: &mut Cursor<'_>) -> Parsed<Vec<u32>> {
+    let mut part = Vec::new();
+    while matches!(c.peek(), Some(b'1'..=b'9')) {
+        part.push(c.nz_number()?);
+        if part.len() > 32 {
+            return Err("section nested too deeply".into());
+        }
+        if !c.eat(b'.') {
+            break;
+        }
+    }
+    Ok(part)
+}
+
+/// RFC 9051 §9 `section-spec` between the brackets.
+fn parse_section(c: &mut Cursor<'_>) -> Parsed<Section> {
+    let part = parse_part_path(c)?;
+    let ends_with_dot = c.input.get(c.pos.wrapping_sub(1)) == Some(&b'.') && !part.is_empty();
+    if c.peek() == Some(b']') {
+        if ends_with_dot {
+            return Err("section ends with a dot".into());
+        }
+        return Ok(Section {
+            part,
+            text: SectionText::Full,
+        });
+    }
+    if !part.is_empty() && !ends_with_dot {
+        return Err("invalid section".into());
+    }
+    let word = c
+        .take_while(|b| b.is_ascii_alphanumeric() || b == b'.')
+        .to_ascii_uppercase();
+    let text = match word.as_slice() {
+        b"HEADER" => SectionText::Header,
+        b"TEXT" => SectionText::Text,
+        b"MIME" if !part.is_empty() => SectionText::Mime,
+        b"HEADER.FIELDS" | b"HEADER.FIELDS.NOT" => {
+            c.space()?;
+            if !c.eat(b'(') {
+                return Err("expected ( after HEADER.FIELDS".into());
+            }
+            let mut fields = Vec::new();
+            loop {
+                fields.push(c.astring_utf8()?.to_ascii_lowercase());
+                if c.eat(b')') {
+                    break;
+                }
+                c.space()?;
+            }
+            SectionText::HeaderFields {
+                not: word == b"HEADER.FIELDS.NOT",
+                fields,
+            }
+        }
+        _ => return Err("invalid section".into()),
+    };
+    Ok(Section { part, text })
 }
 
 fn parse_fetch_att(c: &mut Cursor<'_>) -> Parsed<FetchItem> {
@@ -347,56 +1271,64 @@ fn parse_fetch_att(c: &mut Cursor<'_>) -> Parsed<FetchItem> {
         b"RFC822" => FetchItem::Rfc822,
         b"RFC822.HEADER" => FetchItem::Rfc822Header,
         b"RFC822.TEXT" => FetchItem::Rfc822Text,
+        b"ENVELOPE" => FetchItem::Envelope,
+        b"BODYSTRUCTURE" => FetchItem::BodyStructure,
+        b"MODSEQ" => FetchItem::ModSeq,
         b"BODY" | b"BODY.PEEK" if c.peek() == Some(b'[') => {
             let peek = word == b"BODY.PEEK";
             c.pos += 1;
-            let name = c.take_while(|b| b != b']').to_ascii_uppercase();
+            let section = parse_section(c)?;
             if !c.eat(b']') {
                 return Err("missing ] after section".into());
             }
-            let section = match name.as_slice() {
-                b"" => Section::Full,
-                b"HEADER" => Section::Header,
-                b"TEXT" => Section::Text,
-                _ => return Err("this body section is not supported yet".into()),
-            };
-            let partial = if c.eat(b'<') {
-                let offset = c.number()?;
-                if !c.eat(b'.') {
-                    return Err("expected . in partial".into());
-                }
-                let length = c.number()?;
-                if length == 0 {
-                    return Err("partial length must not be zero".into());
-                }
-                if !c.eat(b'>') {
-                    return Err("expected > after partial".into());
-                }
-                Some((offset, length))
-            } else {
-                None
-            };
             FetchItem::Body {
                 section,
                 peek,
-                partial,
+                partial: parse_partial(c)?,
+            }
+        }
+        b"BODY" => FetchItem::BodySimple,
+        b"BINARY" | b"BINARY.PEEK" | b"BINARY.SIZE" if c.peek() == Some(b'[') => {
+            c.pos += 1;
+            let part = parse_part_path(c)?;
+            if !c.eat(b']') {
+                return Err("missing ] after binary section".into());
+            }
+            if word == b"BINARY.SIZE" {
+                FetchItem::BinarySize { part }
+            } else {
+                FetchItem::Binary {
+                    part,
+                    peek: word == b"BINARY.PEEK",
+                    partial: parse_partial(c)?,
+                }
             }
         }
         b"" => return Err("expected a fetch item".into()),
-        b"ENVELOPE" | b"BODYSTRUCTURE" | b"BODY" => {
-            return Err("ENVELOPE and BODYSTRUCTURE are not supported yet".into());
-        }
         _ => return Err("unknown fetch item".into()),
     };
     Ok(item)
 }
 
-/// RFC 9051 §6.4.6: `STORE sequence-set SP (["+" / "-"] "FLAGS"
-/// [".SILENT"]) SP (flag-list / (flag *(SP flag)))`.
+/// RFC 9051 §6.4.6: `STORE sequence-set [SP "(UNCHANGEDSINCE" SP n ")"] SP
+/// (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))`.
 fn parse_store(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
     c.space()?;
     let set = c.sequence_set()?;
     c.space()?;
+    let mut unchanged_since = None;
+    if c.eat(b'(') {
+        // RFC 7162 §3.1.3
+        if !c.eat_word(b"UNCHANGEDSINCE") {
+            return Err("expected UNCHANGEDSINCE".into());
+        }
+        c.space()?;
+        unchanged_since = Some(c.number64()?);
+        if !c.eat(b')') {
+            return Err("expected ) after UNCHANGEDSINCE".into());
+        }
+        c.space()?;
+    }
     let mode = if c.eat(b'+') {
         StoreMode::Add
     } else if c.eat(b'-') {
@@ -437,6 +1369,7 @@ fn parse_store(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
         mode,
         silent,
         flags,
+        unchanged_since,
     })
 }
 
@@ -520,6 +1453,59 @@ impl<'a> Cursor<'a> {
     /// A fetch attribute name: stops before `[`, SP and parentheses.
     fn fetch_word(&mut self) -> &'a [u8] {
         self.take_while(|b| is_atom_char(b) && b != b'[')
+    }
+
+    /// A word (case-insensitive) followed by a delimiter or the end.
+    fn eat_word(&mut self, word: &[u8]) -> bool {
+        let end = self.pos + word.len();
+        let matches = self
+            .input
+            .get(self.pos..end)
+            .is_some_and(|w| w.eq_ignore_ascii_case(word));
+        let delimited = self
+            .input
+            .get(end)
+            .is_none_or(|&b| matches!(b, b' ' | b'(' | b')'));
+        if matches && delimited {
+            self.pos = end;
+        }
+        matches && delimited
+    }
+
+    /// `mod-sequence-value` and other 63-bit numbers (RFC 7162 §7).
+    fn number64(&mut self) -> Parsed<u64> {
+        let digits = self.take_while(|b| b.is_ascii_digit());
+        if digits.is_empty() {
+            return Err("expected a number".into());
+        }
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&n| n <= i64::MAX as u64)
+            .ok_or_else(|| "number out of range".into())
+    }
+
+    /// A literal's raw octets, NUL included (APPEND's message).
+    fn literal_raw(&mut self) -> Parsed<Vec<u8>> {
+        if !self.eat(b'{') {
+            return Err("expected a literal".into());
+        }
+        let length = self.number()? as usize;
+        self.eat(b'+');
+        if !self.eat(b'}') {
+            return Err("invalid literal announcement".into());
+        }
+        if !(self.eat(b'\r') && self.eat(b'\n')) {
+            return Err("expected CRLF after literal announcement".into());
+        }
+        let end = self
+            .pos
+            .checked_add(length)
+            .filter(|&end| end <= self.input.len())
+            .ok_or_else(|| "literal shorter than announced".to_owned())?;
+        let data = self.input[self.pos..end].to_vec();
+        self.pos = end;
+        Ok(data)
     }
 
     /// `number`: 32-bit unsigned (RFC 9051 §9).
@@ -838,21 +1824,22 @@ mod tests {
                     FetchItem::Uid,
                     FetchItem::Rfc822Size,
                     FetchItem::Body {
-                        section: Section::Full,
+                        section: Section::full(),
                         peek: true,
                         partial: None
                     },
                     FetchItem::Body {
-                        section: Section::Header,
+                        section: Section::text(SectionText::Header),
                         peek: false,
                         partial: None
                     },
                     FetchItem::Body {
-                        section: Section::Text,
+                        section: Section::text(SectionText::Text),
                         peek: false,
                         partial: Some((0, 10))
                     },
-                ]
+                ],
+                changed_since: None,
             }
         );
         let CommandBody::Fetch { items, .. } = body("a FETCH 1 FAST") else {
@@ -866,15 +1853,16 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fetch_items_are_bad() {
+    fn bad_fetch_items() {
         for input in [
-            "a FETCH 1 ENVELOPE",
-            "a FETCH 1 (FLAGS BODYSTRUCTURE)",
-            "a FETCH 1 BODY[HEADER.FIELDS (From)]",
             "a FETCH 1 (FLAGS",
             "a FETCH 1 ()",
             "a FETCH 1 BODY[",
-            "a FETCH 1 FULL",
+            "a FETCH 1 BODY[1.]",
+            "a FETCH 1 BODY[MIME]",
+            "a FETCH 1 BODY[HEADER.FIELDS ()]",
+            "a FETCH 1 FROB",
+            "a FETCH 1 FLAGS (CHANGEDSINCE x)",
         ] {
             assert!(parse(input).is_err(), "{input}");
         }
@@ -890,6 +1878,7 @@ mod tests {
                 mode: StoreMode::Add,
                 silent: true,
                 flags: vec!["\\Seen".into(), "\\Deleted".into(), "$Junk".into()],
+                unchanged_since: None,
             }
         );
         let CommandBody::Store {
@@ -913,26 +1902,30 @@ mod tests {
             body(r#"a LIST "" *"#),
             CommandBody::List {
                 reference: String::new(),
-                pattern: "*".into()
+                patterns: vec!["*".into()],
+                options: ListOptions::default(),
             }
         );
         assert_eq!(
             body(r#"a list "" "%""#),
             CommandBody::List {
                 reference: String::new(),
-                pattern: "%".into()
+                patterns: vec!["%".into()],
+                options: ListOptions::default(),
             }
         );
         assert_eq!(
             body("a SELECT inbox"),
             CommandBody::Select {
-                mailbox: "INBOX".into()
+                mailbox: "INBOX".into(),
+                condstore: false,
             }
         );
         assert_eq!(
-            body(r#"a EXAMINE "Sent Items""#),
+            body(r#"a EXAMINE "Sent Items" (CONDSTORE)"#),
             CommandBody::Examine {
-                mailbox: "Sent Items".into()
+                mailbox: "Sent Items".into(),
+                condstore: true,
             }
         );
     }
@@ -952,7 +1945,7 @@ mod tests {
         assert!(parse("a LOGIN \"unterminated").is_err());
         assert!(parse("a LOGIN \"bad\\escape\" x").is_err());
         assert!(parse("a LOGIN {x}\r\nabc def").is_err());
-        assert!(parse("a UID EXPUNGE 1").is_err());
+        assert!(parse("a UID EXPUNGE").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! own) writes to the stream.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -17,19 +18,24 @@ use tokio::io::{
 };
 use tracing::{debug, info, warn};
 
+use super::mime;
 use super::parser::{
-    self, CommandBody, FetchItem, MAX_COMMAND_BYTES, MAX_LITERAL_BYTES, Section, SeqNumber,
-    SequenceSet, StoreMode,
+    self, CommandBody, FetchItem, ListOptions, MAX_COMMAND_BYTES, MAX_LITERAL_BYTES, SearchKey,
+    SearchReturn, SeqNumber, SequenceSet, StatusItem, StoreMode,
 };
 use super::response::{self, Reply, Status, flag_list, internal_date, untagged};
+use super::search::{self, Candidate};
 use crate::Shared;
 use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode, MessageInfo};
 
-/// RFC 9051 §7.2.2 capabilities. No `LOGINDISABLED`: TLS comes later.
-// IMAP4rev2 is not advertised until every command RFC 9051 requires is here
-// (SEARCH, STATUS, APPEND, ENABLE, ...): a rev2 client would rely on them.
-pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ IDLE UNSELECT SPECIAL-USE";
+/// RFC 9051 §7.2.2 capabilities.
+// IMAP4rev2 is not advertised yet: RFC 9051 also requires things this server
+// does not do (e.g. the rev2 forms of LIST and STATUS responses after
+// ENABLE IMAP4rev2, UTF-8 mailbox names); a rev2 client would rely on them.
+pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ID ENABLE IDLE NAMESPACE \
+     UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE \
+     CONDSTORE ESEARCH QUOTA QUOTA=RES-STORAGE BINARY";
 
 /// The hierarchy delimiter of every mailbox name.
 pub const DELIMITER: char = '/';
@@ -111,6 +117,11 @@ struct Session {
     events: Option<BoxStream<'static, MailboxEvent>>,
     /// An event said the selected mailbox changed since the last sync.
     dirty: bool,
+    /// RFC 7162 §3.1: CONDSTORE enabled (ENABLE, SELECT (CONDSTORE), or a
+    /// command using a MODSEQ); FETCH and STORE replies then carry MODSEQ.
+    condstore: bool,
+    /// The tag of the command being handled (RFC 4731 ESEARCH repeats it).
+    tag: String,
 }
 
 impl Session {
@@ -120,6 +131,8 @@ impl Session {
             state: State::NotAuthenticated,
             events: None,
             dirty: false,
+            condstore: false,
+            tag: String::new(),
         }
     }
 
@@ -144,7 +157,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
                 _ = tokio::time::sleep(timeout) => Wake::Timeout,
-                input = read_command(io, &mut buf) => Wake::Input(input),
+                input = read_command(io, &mut buf, self.shared.limits.max_append_bytes) => Wake::Input(input),
             };
             let input = match wake {
                 Wake::Shutdown => {
@@ -198,6 +211,12 @@ impl Session {
                 }
                 continue;
             }
+            if let CommandBody::Authenticate { mechanism, initial } = &command.body {
+                let reply = self.authenticate(io, mechanism, initial.clone()).await?;
+                io.send(&reply.tagged_line(&command.tag)).await?;
+                continue;
+            }
+            self.tag = command.tag.clone();
             let reply = self.handle(command.body.clone()).await;
             let reply = self.with_pending_changes(&command.body, reply).await;
             for line in &reply.untagged {
@@ -223,22 +242,67 @@ impl Session {
             CommandBody::Check => self.noop("CHECK").await,
             CommandBody::Logout => self.logout(),
             CommandBody::Login { user, password } => self.login(&user, &password).await,
-            CommandBody::List { reference, pattern } => self.list(&reference, &pattern).await,
-            CommandBody::Select { mailbox } => self.select(mailbox, false).await,
-            CommandBody::Examine { mailbox } => self.select(mailbox, true).await,
-            CommandBody::Fetch { uid, set, items } => self.fetch(uid, &set, &items).await,
+            // Handled by the loop itself, which owns the stream.
+            CommandBody::Authenticate { .. } | CommandBody::Idle => Reply::bad("unexpected"),
+            CommandBody::Enable { capabilities } => self.enable(&capabilities),
+            CommandBody::Id { parameters } => self.id(&parameters),
+            CommandBody::Namespace => self.namespace(),
+            CommandBody::List {
+                reference,
+                patterns,
+                options,
+            } => self.list(&reference, &patterns, &options).await,
+            CommandBody::Lsub { reference, pattern } => self.lsub(&reference, &pattern).await,
+            CommandBody::Select { mailbox, condstore } => {
+                self.select(mailbox, false, condstore).await
+            }
+            CommandBody::Examine { mailbox, condstore } => {
+                self.select(mailbox, true, condstore).await
+            }
+            CommandBody::Create { mailbox } => self.create(&mailbox).await,
+            CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(&from, &to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe_mailbox(&mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe_mailbox(&mailbox, false).await,
+            CommandBody::Status { mailbox, items } => self.status(&mailbox, &items).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date_ms,
+                message,
+            } => self.append(&mailbox, &flags, date_ms, &message).await,
+            CommandBody::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+            } => self.fetch(uid, &set, &items, changed_since).await,
             CommandBody::Store {
                 uid,
                 set,
                 mode,
                 silent,
                 flags,
-            } => self.store(uid, &set, mode, silent, &flags).await,
-            CommandBody::Expunge => self.expunge().await,
+                unchanged_since,
+            } => {
+                self.store(uid, &set, mode, silent, &flags, unchanged_since)
+                    .await
+            }
+            CommandBody::Copy {
+                uid,
+                set,
+                mailbox,
+                move_messages,
+            } => self.copy(uid, &set, &mailbox, move_messages).await,
+            CommandBody::Search { uid, returns, key } => {
+                self.search(uid, returns.as_deref(), &key).await
+            }
+            CommandBody::Expunge => self.expunge(None).await,
+            CommandBody::UidExpunge { set } => self.expunge(Some(&set)).await,
+            CommandBody::GetQuota { root } => self.get_quota(&root, None).await,
+            CommandBody::GetQuotaRoot { mailbox } => self.get_quota("", Some(&mailbox)).await,
             CommandBody::Close => self.close(true).await,
             CommandBody::Unselect => self.close(false).await,
-            // Handled by the loop itself; never reaches here.
-            CommandBody::Idle => Reply::bad("unexpected IDLE"),
         }
     }
 
@@ -268,13 +332,19 @@ impl Session {
         if !matches!(self.state, State::NotAuthenticated) {
             return Reply::bad("already authenticated");
         }
+        self.check_credentials(user, password, "LOGIN").await
+    }
+
+    /// Checks a user name and password and, when they are right, moves to
+    /// the authenticated state.
+    async fn check_credentials(&mut self, user: &str, password: &str, verb: &str) -> Reply {
         match self.shared.store.authenticate(user, password).await {
             Ok(Some(account)) => {
                 self.shared.metrics.login("imap", true);
                 info!(%account, "imap login");
                 self.subscribe(&account).await;
                 self.state = State::Authenticated { account };
-                Reply::ok("LOGIN completed").code(format!("CAPABILITY {CAPABILITIES}"))
+                Reply::ok(format!("{verb} completed")).code(format!("CAPABILITY {CAPABILITIES}"))
             }
             Ok(None) => {
                 self.shared.metrics.login("imap", false);
@@ -288,6 +358,109 @@ impl Session {
         }
     }
 
+    /// RFC 9051 §6.2.2 AUTHENTICATE with SASL PLAIN (RFC 4616), the initial
+    /// response inline (SASL-IR, RFC 4959) or after a `+` continuation.
+    async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> std::io::Result<Reply> {
+        if !matches!(self.state, State::NotAuthenticated) {
+            return Ok(Reply::bad("already authenticated"));
+        }
+        if mechanism != "PLAIN" {
+            return Ok(Reply::no("unsupported mechanism").code("CANNOT"));
+        }
+        let response = match initial {
+            Some(initial) => initial.into_bytes(),
+            None => {
+                io.send(b"+ \r\n").await?;
+                let mut line = Vec::new();
+                match read_line(&mut io.reader, &mut line, 4096).await? {
+                    Line::Complete => line,
+                    Line::TooLong => return Ok(Reply::bad("response too long")),
+                    Line::Eof => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+        };
+        // RFC 4959 §3: "=" is an empty initial response; RFC 9051 §6.2.2:
+        // "*" cancels.
+        if response == b"*" {
+            return Ok(Reply::bad("authentication cancelled"));
+        }
+        let decoded = if response == b"=" {
+            Some(Vec::new())
+        } else {
+            crate::base64::decode(&response)
+        };
+        let Some(decoded) = decoded else {
+            return Ok(Reply::bad("invalid base64"));
+        };
+        // RFC 4616 §2: [authzid] NUL authcid NUL passwd
+        let mut fields = decoded.split(|&b| b == 0);
+        let (Some(authzid), Some(user), Some(password), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Ok(Reply::bad("malformed PLAIN response"));
+        };
+        let (Ok(authzid), Ok(user), Ok(password)) = (
+            std::str::from_utf8(authzid),
+            std::str::from_utf8(user),
+            std::str::from_utf8(password),
+        ) else {
+            return Ok(Reply::bad("PLAIN response is not UTF-8"));
+        };
+        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
+            return Ok(Reply::no("cannot act as another user").code("AUTHORIZATIONFAILED"));
+        }
+        Ok(self.check_credentials(user, password, "AUTHENTICATE").await)
+    }
+
+    /// RFC 5161 ENABLE: CONDSTORE is the one extension that needs it here.
+    fn enable(&mut self, capabilities: &[String]) -> Reply {
+        if !matches!(
+            self.state,
+            State::Authenticated { .. } | State::Selected { .. }
+        ) {
+            return Reply::bad("LOGIN first");
+        }
+        let mut enabled = Vec::new();
+        for capability in capabilities {
+            if capability == "CONDSTORE" {
+                self.condstore = true;
+                enabled.push("CONDSTORE");
+            }
+        }
+        Reply::ok("ENABLE completed").untagged(vec![untagged(
+            format!("ENABLED {}", enabled.join(" ")).trim_end(),
+        )])
+    }
+
+    /// RFC 2971 ID: logged, answered with our name.
+    fn id(&self, parameters: &[(String, String)]) -> Reply {
+        let client: Vec<String> = parameters
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("name") || k.eq_ignore_ascii_case("version"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        debug!(client = %client.join(" "), "imap client id");
+        Reply::ok("ID completed").untagged(vec![untagged(&format!(
+            "ID (\"name\" \"Mailfleet\" \"version\" \"{}\")",
+            env!("CARGO_PKG_VERSION")
+        ))])
+    }
+
+    /// RFC 2342 NAMESPACE: one personal namespace, no others.
+    fn namespace(&self) -> Reply {
+        if self.account().is_none() {
+            return Reply::bad("LOGIN first");
+        }
+        Reply::ok("NAMESPACE completed").untagged(vec![untagged(&format!(
+            "NAMESPACE ((\"\" \"{DELIMITER}\")) NIL NIL"
+        ))])
+    }
+
     async fn subscribe(&mut self, account: &str) {
         match self.shared.events.subscribe(account).await {
             Ok(stream) => self.events = Some(stream),
@@ -297,13 +470,13 @@ impl Session {
         }
     }
 
-    /// RFC 9051 §6.3.9 (basic form): reference and pattern, `*` matching
-    /// everything and `%` everything but the delimiter.
-    async fn list(&mut self, reference: &str, pattern: &str) -> Reply {
+    /// RFC 9051 §6.3.9 LIST with RFC 5258 LIST-EXTENDED options: `*`
+    /// matches everything and `%` everything but the delimiter.
+    async fn list(&mut self, reference: &str, patterns: &[String], options: &ListOptions) -> Reply {
         let Some(account) = self.account() else {
             return Reply::bad("LOGIN first");
         };
-        if pattern.is_empty() {
+        if patterns.len() == 1 && patterns[0].is_empty() && !options.extended {
             // The hierarchy delimiter and root of the reference.
             return Reply::ok("LIST completed").untagged(vec![untagged(&format!(
                 "LIST (\\Noselect) \"{DELIMITER}\" \"\""
@@ -313,24 +486,30 @@ impl Session {
             Ok(mailboxes) => mailboxes,
             Err(error) => return store_failure(error),
         };
-        let full_pattern = format!("{reference}{pattern}");
         let names: Vec<&str> = mailboxes.iter().map(|m| m.name.as_str()).collect();
         let mut lines = Vec::new();
         for mailbox in &mailboxes {
-            if !list_matches(&full_pattern, &mailbox.name) {
+            let matched = patterns
+                .iter()
+                .any(|p| list_matches(&format!("{reference}{p}"), &mailbox.name));
+            if !matched
+                || (options.subscribed_only && !mailbox.subscribed)
+                || (options.special_use_only && mailbox.attributes.is_empty())
+            {
                 continue;
             }
-            let mut attributes: Vec<String> = mailbox
-                .attributes
-                .iter()
-                .map(|a| {
+            let mut attributes: Vec<String> = Vec::new();
+            // RFC 6154 §2: special-use attributes in every LIST reply unless
+            // the client asked for extended LIST without SPECIAL-USE.
+            if !options.extended || options.return_special_use {
+                attributes.extend(mailbox.attributes.iter().map(|a| {
                     if a.starts_with('\\') {
                         a.clone()
                     } else {
                         format!("\\{a}")
                     }
-                })
-                .collect();
+                }));
+            }
             let prefix = format!("{}{DELIMITER}", mailbox.name);
             let has_children = names.iter().any(|n| n.starts_with(&prefix));
             attributes.push(if has_children {
@@ -338,17 +517,413 @@ impl Session {
             } else {
                 "\\HasNoChildren".into()
             });
+            if options.return_subscribed && mailbox.subscribed {
+                attributes.push("\\Subscribed".into());
+            }
             let mut line =
                 format!("* LIST ({}) \"{DELIMITER}\" ", attributes.join(" ")).into_bytes();
             response::string(&mut line, &mailbox.name);
             line.extend_from_slice(b"\r\n");
             lines.push(line);
+            // RFC 5819 §2: LIST-STATUS
+            if !options.return_status.is_empty()
+                && let Ok(status) = self
+                    .status_line(&account, &mailbox.name, &options.return_status)
+                    .await
+            {
+                lines.push(status);
+            }
         }
         Reply::ok("LIST completed").untagged(lines)
     }
 
+    /// RFC 3501 §6.3.9 LSUB (kept in IMAP4rev2 servers for rev1 clients).
+    async fn lsub(&mut self, reference: &str, pattern: &str) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        let mailboxes = match self.shared.store.list_mailboxes(&account).await {
+            Ok(mailboxes) => mailboxes,
+            Err(error) => return store_failure(error),
+        };
+        let full_pattern = format!("{reference}{pattern}");
+        let mut lines = Vec::new();
+        for mailbox in mailboxes.iter().filter(|m| m.subscribed) {
+            if !list_matches(&full_pattern, &mailbox.name) {
+                continue;
+            }
+            let mut line = format!("* LSUB () \"{DELIMITER}\" ").into_bytes();
+            response::string(&mut line, &mailbox.name);
+            line.extend_from_slice(b"\r\n");
+            lines.push(line);
+        }
+        Reply::ok("LSUB completed").untagged(lines)
+    }
+
+    /// RFC 9051 §6.3.4 CREATE; a trailing delimiter only says the name will
+    /// have children.
+    async fn create(&mut self, mailbox: &str) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        let name = mailbox.trim_end_matches(DELIMITER);
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Reply::no("INBOX always exists").code("ALREADYEXISTS");
+        }
+        match self.shared.store.create_mailbox(&account, name).await {
+            Ok(()) => Reply::ok("CREATE completed"),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    /// RFC 9051 §6.3.5 DELETE
+    async fn delete(&mut self, mailbox: &str) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        if mailbox == "INBOX" {
+            return Reply::no("INBOX cannot be deleted").code("CANNOT");
+        }
+        match self.shared.store.delete_mailbox(&account, mailbox).await {
+            Ok(()) => Reply::ok("DELETE completed"),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    /// RFC 9051 §6.3.6 RENAME
+    async fn rename(&mut self, from: &str, to: &str) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        match self.shared.store.rename_mailbox(&account, from, to).await {
+            Ok(()) => Reply::ok("RENAME completed"),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    /// RFC 9051 §6.3.7 SUBSCRIBE and §6.3.8 UNSUBSCRIBE.
+    async fn subscribe_mailbox(&mut self, mailbox: &str, on: bool) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        let verb = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
+        match self
+            .shared
+            .store
+            .set_subscribed(&account, mailbox, on)
+            .await
+        {
+            Ok(()) => Reply::ok(format!("{verb} completed")),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    /// RFC 9051 §6.3.11 STATUS
+    async fn status(&mut self, mailbox: &str, items: &[StatusItem]) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        match self.status_line(&account, mailbox, items).await {
+            Ok(line) => Reply::ok("STATUS completed").untagged(vec![line]),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    async fn status_line(
+        &mut self,
+        account: &str,
+        mailbox: &str,
+        items: &[StatusItem],
+    ) -> Result<Vec<u8>, AccessError> {
+        let status = self.shared.store.select(account, mailbox).await?;
+        let needs_messages = items
+            .iter()
+            .any(|i| matches!(i, StatusItem::Deleted | StatusItem::Size));
+        let messages = if needs_messages {
+            self.shared.store.list_messages(account, mailbox).await?
+        } else {
+            Vec::new()
+        };
+        let mut values = Vec::new();
+        for item in items {
+            values.push(match item {
+                StatusItem::Messages => format!("MESSAGES {}", status.exists),
+                StatusItem::UidNext => format!("UIDNEXT {}", status.uid_next),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", status.uid_validity),
+                StatusItem::Unseen => format!("UNSEEN {}", status.unseen),
+                StatusItem::Recent => "RECENT 0".to_owned(),
+                StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", status.highest_modseq),
+                StatusItem::Deleted => format!(
+                    "DELETED {}",
+                    messages
+                        .iter()
+                        .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                        .count()
+                ),
+                StatusItem::Size => {
+                    format!("SIZE {}", messages.iter().map(|m| m.size).sum::<u64>())
+                }
+            });
+        }
+        let mut line = b"* STATUS ".to_vec();
+        response::string(&mut line, mailbox);
+        line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
+        Ok(line)
+    }
+
+    /// RFC 9051 §6.3.12 APPEND, answered with RFC 4315 APPENDUID.
+    async fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &[String],
+        date_ms: Option<i64>,
+        message: &[u8],
+    ) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        if message.is_empty() {
+            return Reply::no("empty message").code("CANNOT");
+        }
+        match self
+            .shared
+            .store
+            .append(&account, mailbox, message, flags, date_ms.unwrap_or(0))
+            .await
+        {
+            Ok(appended) => Reply::ok("APPEND completed").code(format!(
+                "APPENDUID {} {}",
+                appended.uid_validity, appended.uid
+            )),
+            // RFC 9051 §6.3.12: a missing mailbox is NO [TRYCREATE].
+            Err(AccessError::NotFound(_)) => Reply::no("no such mailbox").code("TRYCREATE"),
+            Err(error) => store_failure(error),
+        }
+    }
+
+    /// RFC 9051 §6.4.7 COPY and RFC 6851 MOVE, with RFC 4315 COPYUID.
+    async fn copy(
+        &mut self,
+        uid: bool,
+        set: &SequenceSet,
+        target: &str,
+        move_messages: bool,
+    ) -> Reply {
+        let State::Selected { account, mailbox } = &mut self.state else {
+            return Reply::bad("no mailbox selected");
+        };
+        if move_messages && mailbox.read_only {
+            return Reply::no("mailbox is read-only").code("READ-ONLY");
+        }
+        let targets = match resolve(set, uid, &mailbox.uids) {
+            Ok(targets) => targets,
+            Err(reply) => return reply,
+        };
+        let verb = match (uid, move_messages) {
+            (false, false) => "COPY",
+            (true, false) => "UID COPY",
+            (false, true) => "MOVE",
+            (true, true) => "UID MOVE",
+        };
+        if targets.is_empty() {
+            return Reply::ok(format!("{verb} completed"));
+        }
+        let uids: Vec<u32> = targets.iter().map(|&(_, u)| u).collect();
+        let copied = match self
+            .shared
+            .store
+            .copy(account, &mailbox.name, target, &uids, move_messages)
+            .await
+        {
+            Ok(copied) => copied,
+            Err(AccessError::NotFound(_)) => {
+                return Reply::no("no such mailbox").code("TRYCREATE");
+            }
+            Err(error) => return store_failure(error),
+        };
+        let code = (!copied.pairs.is_empty()).then(|| {
+            let (from, to): (Vec<u32>, Vec<u32>) = copied.pairs.iter().copied().unzip();
+            format!(
+                "COPYUID {} {} {}",
+                copied.uid_validity,
+                compact_set(&from),
+                compact_set(&to)
+            )
+        });
+        if !move_messages {
+            let reply = Reply::ok(format!("{verb} completed"));
+            return match code {
+                Some(code) => reply.code(code),
+                None => reply,
+            };
+        }
+        // RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
+        let mut lines = Vec::new();
+        if let Some(code) = code {
+            lines.push(untagged(&format!("OK [{code}] moved")));
+        }
+        for (source, _) in &copied.pairs {
+            if let Some(index) = mailbox.uids.iter().position(|u| u == source) {
+                mailbox.uids.remove(index);
+                lines.push(untagged(&format!("{} EXPUNGE", index + 1)));
+            }
+        }
+        Reply::ok(format!("{verb} completed")).untagged(lines)
+    }
+
+    /// RFC 9051 §6.4.4 SEARCH, RFC 4731 ESEARCH when RETURN is given, RFC
+    /// 7162 §3.1.5 MODSEQ. Flag, size, date and UID keys use the message
+    /// list only; header and body keys read and parse each message.
+    async fn search(
+        &mut self,
+        uid: bool,
+        returns: Option<&[SearchReturn]>,
+        key: &SearchKey,
+    ) -> Reply {
+        let State::Selected { account, mailbox } = &self.state else {
+            return Reply::bad("no mailbox selected");
+        };
+        if key.uses_modseq() {
+            self.condstore = true;
+        }
+        let current = match self
+            .shared
+            .store
+            .list_messages(account, &mailbox.name)
+            .await
+        {
+            Ok(messages) => by_uid(messages),
+            Err(error) => return store_failure(error),
+        };
+        let max_seq = mailbox.uids.len() as u32;
+        let max_uid = mailbox.uids.last().copied().unwrap_or(0);
+        let needs_body = key.needs_body();
+        let mut hits: Vec<(u32, u32, u64)> = Vec::new();
+        for (index, &message_uid) in mailbox.uids.iter().enumerate() {
+            let Some(info) = current.get(&message_uid) else {
+                continue;
+            };
+            let content = if needs_body {
+                match self
+                    .shared
+                    .store
+                    .fetch_body(account, &mailbox.name, message_uid)
+                    .await
+                {
+                    Ok(body) => Some(mime::Searchable::new(&body)),
+                    Err(AccessError::NotFound(_)) => continue,
+                    Err(error) => return store_failure(error),
+                }
+            } else {
+                None
+            };
+            let candidate = Candidate {
+                seq: index as u32 + 1,
+                max_seq,
+                max_uid,
+                info,
+                content: content.as_ref(),
+            };
+            if search::matches(key, &candidate) {
+                hits.push((index as u32 + 1, message_uid, info.modseq));
+            }
+        }
+        let numbers: Vec<u32> = hits
+            .iter()
+            .map(|&(seq, u, _)| if uid { u } else { seq })
+            .collect();
+        let highest = hits.iter().map(|h| h.2).max();
+        let verb = if uid { "UID SEARCH" } else { "SEARCH" };
+        let line = match returns {
+            Some(returns) => {
+                // RFC 4731 §3.1: `* ESEARCH (TAG "tag") [UID] results`.
+                let mut tag = Vec::new();
+                response::string(&mut tag, &self.tag);
+                let mut line = format!("ESEARCH (TAG {})", String::from_utf8_lossy(&tag));
+                if uid {
+                    line.push_str(" UID");
+                }
+                for option in returns {
+                    match option {
+                        SearchReturn::Min if !numbers.is_empty() => {
+                            let _ = write!(line, " MIN {}", numbers[0]);
+                        }
+                        SearchReturn::Max if !numbers.is_empty() => {
+                            let _ = write!(line, " MAX {}", numbers[numbers.len() - 1]);
+                        }
+                        SearchReturn::All if !numbers.is_empty() => {
+                            let _ = write!(line, " ALL {}", compact_set(&numbers));
+                        }
+                        SearchReturn::Count => {
+                            let _ = write!(line, " COUNT {}", numbers.len());
+                        }
+                        _ => {}
+                    }
+                }
+                if key.uses_modseq()
+                    && let Some(highest) = highest
+                {
+                    let _ = write!(line, " MODSEQ {highest}");
+                }
+                line
+            }
+            None => {
+                let mut line = String::from("SEARCH");
+                for n in &numbers {
+                    let _ = write!(line, " {n}");
+                }
+                if key.uses_modseq()
+                    && let Some(highest) = highest
+                {
+                    let _ = write!(line, " (MODSEQ {highest})");
+                }
+                line
+            }
+        };
+        Reply::ok(format!("{verb} completed")).untagged(vec![untagged(&line)])
+    }
+
+    /// RFC 9208 §4.2 GETQUOTA and §4.3 GETQUOTAROOT: one root, `""`, per
+    /// account, with the STORAGE resource in units of 1024 octets.
+    async fn get_quota(&mut self, root: &str, mailbox: Option<&str>) -> Reply {
+        let Some(account) = self.account() else {
+            return Reply::bad("LOGIN first");
+        };
+        if mailbox.is_none() && !root.is_empty() {
+            return Reply::no("no such quota root").code("NONEXISTENT");
+        }
+        let quota = match self.shared.store.quota(&account).await {
+            Ok(quota) => quota,
+            Err(error) => return store_failure(error),
+        };
+        let mut lines = Vec::new();
+        let verb = if let Some(mailbox) = mailbox {
+            let mut line = b"* QUOTAROOT ".to_vec();
+            response::string(&mut line, mailbox);
+            line.extend_from_slice(b" \"\"\r\n");
+            lines.push(line);
+            "GETQUOTAROOT"
+        } else {
+            "GETQUOTA"
+        };
+        let resources = if quota.limit_bytes == 0 {
+            String::new()
+        } else {
+            format!(
+                "STORAGE {} {}",
+                quota.used_bytes.div_ceil(1024),
+                quota.limit_bytes / 1024
+            )
+        };
+        lines.push(untagged(&format!("QUOTA \"\" ({resources})")));
+        Reply::ok(format!("{verb} completed")).untagged(lines)
+    }
+
     /// RFC 9051 §6.3.2 SELECT and §6.3.3 EXAMINE.
-    async fn select(&mut self, name: String, read_only: bool) -> Reply {
+    async fn select(&mut self, name: String, read_only: bool, condstore: bool) -> Reply {
+        if condstore {
+            self.condstore = true;
+        }
         let Some(account) = self.account() else {
             return Reply::bad("LOGIN first");
         };
@@ -396,6 +971,11 @@ impl Session {
         lines.push(untagged(&format!(
             "OK [UIDNEXT {uid_next}] predicted next UID"
         )));
+        // RFC 7162 §3.1.2.1
+        lines.push(untagged(&format!(
+            "OK [HIGHESTMODSEQ {}] highest",
+            status.highest_modseq.max(1)
+        )));
         let permanent = if read_only {
             "()".to_owned()
         } else {
@@ -418,8 +998,18 @@ impl Session {
             .untagged(lines)
     }
 
-    /// RFC 9051 §6.4.5 FETCH and §6.4.9 UID FETCH.
-    async fn fetch(&mut self, uid: bool, set: &SequenceSet, items: &[FetchItem]) -> Reply {
+    /// RFC 9051 §6.4.5 FETCH and §6.4.9 UID FETCH; RFC 7162 §3.1.4
+    /// CHANGEDSINCE.
+    async fn fetch(
+        &mut self,
+        uid: bool,
+        set: &SequenceSet,
+        items: &[FetchItem],
+        changed_since: Option<u64>,
+    ) -> Reply {
+        if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
+            self.condstore = true;
+        }
         let State::Selected { account, mailbox } = &self.state else {
             return Reply::bad("no mailbox selected");
         };
@@ -445,6 +1035,9 @@ impl Session {
             let Some(info) = current.get(&message_uid) else {
                 continue;
             };
+            if changed_since.is_some_and(|since| info.modseq <= since) {
+                continue;
+            }
             let mut info = info.clone();
             let body = if needs_body {
                 match self
@@ -476,6 +1069,7 @@ impl Session {
                 {
                     Ok(updated) => {
                         info.flags = updated.flags;
+                        info.modseq = updated.modseq;
                         flags_changed = true;
                     }
                     Err(error) => return store_failure(error),
@@ -488,12 +1082,15 @@ impl Session {
                 &info,
                 body.as_deref(),
                 flags_changed,
+                self.condstore,
             ));
         }
         Reply::ok(format!("{}FETCH completed", if uid { "UID " } else { "" })).untagged(lines)
     }
 
-    /// RFC 9051 §6.4.6 STORE and §6.4.9 UID STORE.
+    /// RFC 9051 §6.4.6 STORE and §6.4.9 UID STORE; RFC 7162 §3.1.3
+    /// UNCHANGEDSINCE (messages changed since are left alone and listed in
+    /// `[MODIFIED ...]`).
     async fn store(
         &mut self,
         uid: bool,
@@ -501,7 +1098,12 @@ impl Session {
         mode: StoreMode,
         silent: bool,
         flags: &[String],
+        unchanged_since: Option<u64>,
     ) -> Reply {
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let condstore = self.condstore;
         let State::Selected { account, mailbox } = &self.state else {
             return Reply::bad("no mailbox selected");
         };
@@ -512,13 +1114,32 @@ impl Session {
             Ok(targets) => targets,
             Err(reply) => return reply,
         };
+        let current = match unchanged_since {
+            Some(_) => match self
+                .shared
+                .store
+                .list_messages(account, &mailbox.name)
+                .await
+            {
+                Ok(messages) => by_uid(messages),
+                Err(error) => return store_failure(error),
+            },
+            None => BTreeMap::new(),
+        };
         let mode = match mode {
             StoreMode::Replace => FlagMode::Replace,
             StoreMode::Add => FlagMode::Add,
             StoreMode::Remove => FlagMode::Remove,
         };
         let mut lines = Vec::new();
+        let mut modified = Vec::new();
         for (seq, message_uid) in targets {
+            if let Some(limit) = unchanged_since
+                && current.get(&message_uid).is_some_and(|m| m.modseq > limit)
+            {
+                modified.push(if uid { message_uid } else { seq });
+                continue;
+            }
             let info = match self
                 .shared
                 .store
@@ -530,32 +1151,63 @@ impl Session {
                 Err(AccessError::NotFound(_)) => continue,
                 Err(error) => return store_failure(error),
             };
-            if silent {
+            if silent && !condstore {
                 continue;
             }
-            let uid_part = if uid {
-                format!("UID {message_uid} ")
-            } else {
-                String::new()
-            };
-            lines.push(untagged(&format!(
-                "{seq} FETCH ({uid_part}FLAGS {})",
-                flag_list(&info.flags)
-            )));
+            let mut parts = Vec::new();
+            if uid {
+                parts.push(format!("UID {message_uid}"));
+            }
+            // RFC 7162 §3.2: .SILENT still reports the new MODSEQ.
+            if !silent {
+                parts.push(format!("FLAGS {}", flag_list(&info.flags)));
+            }
+            if condstore {
+                parts.push(format!("MODSEQ ({})", info.modseq));
+            }
+            lines.push(untagged(&format!("{seq} FETCH ({})", parts.join(" "))));
         }
-        Reply::ok(format!("{}STORE completed", if uid { "UID " } else { "" })).untagged(lines)
+        let reply =
+            Reply::ok(format!("{}STORE completed", if uid { "UID " } else { "" })).untagged(lines);
+        if modified.is_empty() {
+            reply
+        } else {
+            reply.code(format!("MODIFIED {}", compact_set(&modified)))
+        }
     }
 
-    /// RFC 9051 §6.4.3: removes every `\Deleted` message and reports each
-    /// with `* n EXPUNGE`, numbers shifting as it goes.
-    async fn expunge(&mut self) -> Reply {
+    /// RFC 9051 §6.4.3 EXPUNGE, or RFC 4315 §2.1 UID EXPUNGE of the `\Deleted`
+    /// messages among `set`: each reported with `* n EXPUNGE`, numbers
+    /// shifting as it goes.
+    async fn expunge(&mut self, set: Option<&SequenceSet>) -> Reply {
         let State::Selected { account, mailbox } = &mut self.state else {
             return Reply::bad("no mailbox selected");
         };
         if mailbox.read_only {
             return Reply::no("mailbox is read-only").code("READ-ONLY");
         }
-        let expunged = match self.shared.store.expunge(account, &mailbox.name, &[]).await {
+        let uids: Vec<u32> = match set {
+            Some(set) => {
+                let largest = mailbox.uids.last().copied().unwrap_or(0);
+                let chosen: Vec<u32> = mailbox
+                    .uids
+                    .iter()
+                    .copied()
+                    .filter(|&u| set.contains(u, largest))
+                    .collect();
+                if chosen.is_empty() {
+                    return Reply::ok("UID EXPUNGE completed");
+                }
+                chosen
+            }
+            None => Vec::new(),
+        };
+        let expunged = match self
+            .shared
+            .store
+            .expunge(account, &mailbox.name, &uids)
+            .await
+        {
             Ok(expunged) => expunged,
             Err(error) => return store_failure(error),
         };
@@ -566,7 +1218,12 @@ impl Session {
                 lines.push(untagged(&format!("{} EXPUNGE", index + 1)));
             }
         }
-        Reply::ok("EXPUNGE completed").untagged(lines)
+        let verb = if set.is_some() {
+            "UID EXPUNGE"
+        } else {
+            "EXPUNGE"
+        };
+        Reply::ok(format!("{verb} completed")).untagged(lines)
     }
 
     /// RFC 9051 §6.4.1 CLOSE (expunges silently unless read-only) and
@@ -677,7 +1334,15 @@ impl Session {
         if !self.dirty || matches!(body, CommandBody::Noop | CommandBody::Check) {
             return reply;
         }
-        let lines = self.sync(false).await;
+        // RFC 9051 §7.5.2: no EXPUNGE during FETCH, STORE or SEARCH (the
+        // UID forms are fine: they do not use sequence numbers).
+        let allow_expunge = !matches!(
+            body,
+            CommandBody::Fetch { uid: false, .. }
+                | CommandBody::Store { uid: false, .. }
+                | CommandBody::Search { uid: false, .. }
+        );
+        let lines = self.sync(allow_expunge).await;
         let mut untagged = lines;
         untagged.append(&mut reply.untagged);
         reply.untagged = untagged;
@@ -774,11 +1439,14 @@ impl Session {
 async fn read_command<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Io<S>,
     buf: &mut Vec<u8>,
+    max_append: usize,
 ) -> std::io::Result<Input> {
     buf.clear();
+    let mut max_literal = MAX_LITERAL_BYTES;
+    let mut max_command = MAX_COMMAND_BYTES;
     loop {
         let line_start = buf.len();
-        let room = MAX_COMMAND_BYTES.saturating_sub(line_start);
+        let room = max_command.saturating_sub(line_start);
         match read_line(&mut io.reader, buf, room).await? {
             Line::Eof => return Ok(Input::Eof),
             Line::TooLong => return Ok(Input::TooLong(parser::leading_tag(buf))),
@@ -787,8 +1455,13 @@ async fn read_command<S: AsyncRead + AsyncWrite + Unpin>(
         let Some(literal) = parser::trailing_literal(&buf[line_start..]) else {
             return Ok(Input::Command(std::mem::take(buf)));
         };
-        let room = MAX_COMMAND_BYTES.saturating_sub(buf.len() + 2);
-        let too_big = literal.length > MAX_LITERAL_BYTES as u64 || literal.length > room as u64;
+        // The message of an APPEND may be as large as configured.
+        if line_start == 0 && parser::is_append(buf) {
+            max_literal = max_append;
+            max_command = MAX_COMMAND_BYTES.saturating_add(max_append);
+        }
+        let room = max_command.saturating_sub(buf.len() + 2);
+        let too_big = literal.length > max_literal as u64 || literal.length > room as u64;
         if too_big {
             return Ok(Input::LiteralRefused {
                 tag: parser::leading_tag(buf),
@@ -850,7 +1523,8 @@ fn has_flag(flags: &[String], flag: &str) -> bool {
 }
 
 /// One `* n FETCH (...)` response. UID FETCH always includes UID, and FLAGS
-/// are included when fetching just set `\Seen` (RFC 9051 §6.4.5, §6.4.9).
+/// are included when fetching just set `\Seen` (RFC 9051 §6.4.5, §6.4.9);
+/// MODSEQ too once CONDSTORE is on (RFC 7162 §3.1.4.1).
 fn fetch_line(
     seq: u32,
     uid_command: bool,
@@ -858,54 +1532,89 @@ fn fetch_line(
     info: &MessageInfo,
     body: Option<&[u8]>,
     flags_changed: bool,
+    condstore: bool,
 ) -> Vec<u8> {
+    let whole = body.unwrap_or_default();
+    // Parsed once per message, only when an item needs the structure.
+    let needs_structure = items.iter().any(|i| {
+        matches!(
+            i,
+            FetchItem::BodyStructure
+                | FetchItem::BodySimple
+                | FetchItem::Body { .. }
+                | FetchItem::Binary { .. }
+                | FetchItem::BinarySize { .. }
+        )
+    });
+    let structure = needs_structure.then(|| mime::parse(whole));
     let mut parts: Vec<Vec<u8>> = Vec::new();
     if uid_command && !items.contains(&FetchItem::Uid) {
         parts.push(format!("UID {}", info.uid).into_bytes());
     }
     for item in items {
         let mut part = Vec::new();
-        match *item {
+        match item {
             FetchItem::Flags => part.extend(format!("FLAGS {}", flag_list(&info.flags)).bytes()),
             FetchItem::Uid => part.extend(format!("UID {}", info.uid).bytes()),
+            FetchItem::ModSeq => part.extend(format!("MODSEQ ({})", info.modseq).bytes()),
             FetchItem::Rfc822Size => part.extend(format!("RFC822.SIZE {}", info.size).bytes()),
             FetchItem::InternalDate => part
                 .extend(format!("INTERNALDATE {}", internal_date(info.internal_date_ms)).bytes()),
+            FetchItem::Envelope => {
+                part.extend_from_slice(b"ENVELOPE ");
+                part.extend_from_slice(&mime::envelope(split_header(whole).0));
+            }
+            FetchItem::BodyStructure | FetchItem::BodySimple => {
+                let extended = *item == FetchItem::BodyStructure;
+                part.extend_from_slice(if extended {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                });
+                if let Some(structure) = &structure {
+                    part.extend_from_slice(&mime::body_structure(whole, structure, extended));
+                }
+            }
             FetchItem::Rfc822 => {
                 part.extend_from_slice(b"RFC822 ");
-                response::literal(&mut part, body.unwrap_or_default());
+                response::literal(&mut part, whole);
             }
             FetchItem::Rfc822Header => {
                 part.extend_from_slice(b"RFC822.HEADER ");
-                response::literal(&mut part, split_header(body.unwrap_or_default()).0);
+                response::literal(&mut part, split_header(whole).0);
             }
             FetchItem::Rfc822Text => {
                 part.extend_from_slice(b"RFC822.TEXT ");
-                response::literal(&mut part, split_header(body.unwrap_or_default()).1);
+                response::literal(&mut part, split_header(whole).1);
             }
             FetchItem::Body {
                 section, partial, ..
             } => {
-                let whole = body.unwrap_or_default();
-                let (name, data) = match section {
-                    Section::Full => ("", whole),
-                    Section::Header => ("HEADER", split_header(whole).0),
-                    Section::Text => ("TEXT", split_header(whole).1),
-                };
-                part.extend(format!("BODY[{name}]").bytes());
-                let data = match partial {
-                    // RFC 9051 §6.4.5: `<origin>` in the answer; beyond the
-                    // end is an empty string.
-                    Some((offset, length)) => {
-                        part.extend(format!("<{offset}>").bytes());
-                        let start = (offset as usize).min(data.len());
-                        let end = start.saturating_add(length as usize).min(data.len());
-                        &data[start..end]
-                    }
-                    None => data,
-                };
-                part.push(b' ');
-                response::literal(&mut part, data);
+                let data = structure
+                    .as_ref()
+                    .and_then(|s| mime::section(whole, s, section))
+                    .unwrap_or_default();
+                part.extend(format!("BODY[{}]", section.spec()).bytes());
+                write_partial(&mut part, &data, *partial);
+            }
+            FetchItem::Binary {
+                part: path,
+                partial,
+                ..
+            } => {
+                let data = structure
+                    .as_ref()
+                    .and_then(|s| mime::binary(whole, s, path))
+                    .unwrap_or_default();
+                part.extend(format!("BINARY[{}]", join_path(path)).bytes());
+                write_partial(&mut part, &data, *partial);
+            }
+            FetchItem::BinarySize { part: path } => {
+                let size = structure
+                    .as_ref()
+                    .and_then(|s| mime::binary(whole, s, path))
+                    .map_or(0, |d| d.len());
+                part.extend(format!("BINARY.SIZE[{}] {size}", join_path(path)).bytes());
             }
         }
         parts.push(part);
@@ -913,26 +1622,70 @@ fn fetch_line(
     if flags_changed && !items.contains(&FetchItem::Flags) {
         parts.push(format!("FLAGS {}", flag_list(&info.flags)).into_bytes());
     }
+    if condstore && flags_changed && !items.contains(&FetchItem::ModSeq) {
+        parts.push(format!("MODSEQ ({})", info.modseq).into_bytes());
+    }
     let mut line = format!("* {seq} FETCH (").into_bytes();
     line.extend_from_slice(&parts.join(&b' '));
     line.extend_from_slice(b")\r\n");
     line
 }
 
+fn join_path(path: &[u32]) -> String {
+    path.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// ` {n}\r\ndata`, or for `<offset.length>` the `<offset>` origin and the
+/// slice (RFC 9051 §6.4.5: beyond the end is an empty string).
+fn write_partial(part: &mut Vec<u8>, data: &[u8], partial: Option<(u32, u32)>) {
+    let data = match partial {
+        Some((offset, length)) => {
+            part.extend(format!("<{offset}>").bytes());
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(length as usize).min(data.len());
+            &data[start..end]
+        }
+        None => data,
+    };
+    part.push(b' ');
+    response::literal(part, data);
+}
+
 /// Splits a message into header (blank line included) and text
 /// (RFC 9051 §6.4.5 `HEADER`, `TEXT`). A message without a blank line is
 /// all header.
 fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
-    let crlf = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let lf = message.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let end = match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(message.len()),
-    };
-    message.split_at(end)
+    message.split_at(mime::header_length(message))
+}
+
+/// A sorted list of numbers as a compact sequence set: `1:3,7,9:10`.
+fn compact_set(numbers: &[u32]) -> String {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}:{end}");
+        }
+        i += 1;
+    }
+    out
 }
 
 /// RFC 9051 §6.3.9: `*` matches any characters, `%` any but the hierarchy
@@ -970,6 +1723,9 @@ fn store_failure(error: AccessError) -> Reply {
     match error {
         AccessError::NotFound(_) => Reply::no("no such mailbox or message").code("NONEXISTENT"),
         AccessError::Refused(message) => Reply::no(format!("refused: {message}")).code("CANNOT"),
+        AccessError::AlreadyExists(_) => Reply::no("mailbox already exists").code("ALREADYEXISTS"),
+        // RFC 9208 §4.1
+        AccessError::OverQuota(_) => Reply::no("quota exceeded").code("OVERQUOTA"),
         AccessError::Unavailable(_) => {
             warn!(%error, "imap: mailstore unavailable");
             Reply::no("mailstore temporarily unavailable").code("UNAVAILABLE")

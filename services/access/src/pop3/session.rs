@@ -464,7 +464,9 @@ fn dot_stuff(message: &[u8], body_lines: Option<u32>) -> Vec<u8> {
 fn failure(error: AccessError) -> Reply {
     match error {
         AccessError::NotFound(_) => Reply::err("no such message"),
-        AccessError::Refused(message) => Reply::err(format!("refused: {message}")),
+        AccessError::Refused(message)
+        | AccessError::AlreadyExists(message)
+        | AccessError::OverQuota(message) => Reply::err(format!("refused: {message}")),
         AccessError::Unavailable(_) => {
             warn!(%error, "pop3: mailstore unavailable");
             // RFC 3206 §4: SYS/TEMP, a transient system problem.

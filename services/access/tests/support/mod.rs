@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use mailfleet_access::store::{FlagMode, MailboxInfo, MailboxStatus, MessageInfo};
+use mailfleet_access::store::{
+    Appended, Copied, FlagMode, MailboxInfo, MailboxStatus, MessageInfo, Quota,
+};
 use mailfleet_access::{AccessError, Limits, MailAccess, Metrics, Shared};
 use mailfleet_proto::queue::MailboxEvent;
 use mailfleet_proto::queue::mailbox_event::Kind;
@@ -26,18 +28,54 @@ pub const UID_VALIDITY: u32 = 1_700_000_000;
 pub struct Stored {
     pub flags: Vec<String>,
     pub body: Vec<u8>,
+    pub internal_date_ms: i64,
+    pub modseq: u64,
 }
 
 struct Mailbox {
     attributes: Vec<String>,
     uid_next: u32,
+    uid_validity: u32,
+    highest_modseq: u64,
+    subscribed: bool,
     messages: BTreeMap<u32, Stored>,
+}
+
+impl Mailbox {
+    fn new(attributes: Vec<String>, uid_validity: u32) -> Self {
+        Mailbox {
+            attributes,
+            uid_next: 1,
+            uid_validity,
+            highest_modseq: 1,
+            subscribed: true,
+            messages: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, body: &[u8], flags: Vec<String>, internal_date_ms: i64) -> u32 {
+        let uid = self.uid_next;
+        self.uid_next += 1;
+        self.highest_modseq += 1;
+        self.messages.insert(
+            uid,
+            Stored {
+                flags,
+                body: body.to_vec(),
+                internal_date_ms,
+                modseq: self.highest_modseq,
+            },
+        );
+        uid
+    }
 }
 
 /// The mailstore of one account, `alice@example.com`.
 pub struct MemoryStore {
     mailboxes: Mutex<BTreeMap<String, Mailbox>>,
     events: broadcast::Sender<MailboxEvent>,
+    /// Storage limit in bytes; 0 is none.
+    pub quota_limit: Mutex<u64>,
 }
 
 impl MemoryStore {
@@ -52,18 +90,38 @@ impl MemoryStore {
         ] {
             mailboxes.insert(
                 name.to_owned(),
-                Mailbox {
-                    attributes: attribute.map(str::to_owned).into_iter().collect(),
-                    uid_next: 1,
-                    messages: BTreeMap::new(),
-                },
+                Mailbox::new(
+                    attribute.map(str::to_owned).into_iter().collect(),
+                    UID_VALIDITY,
+                ),
             );
         }
-        let (events, _) = broadcast::channel(64);
+        let (events, _) = broadcast::channel(1024);
         Arc::new(MemoryStore {
             mailboxes: Mutex::new(mailboxes),
             events,
+            quota_limit: Mutex::new(0),
         })
+    }
+
+    fn publish(&self, mailbox: &str, kind: Kind, uid: u32) {
+        let _ = self.events.send(MailboxEvent {
+            account: USER.into(),
+            mailbox: mailbox.into(),
+            kind: kind as i32,
+            uid,
+            modseq: 0,
+        });
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.mailboxes
+            .lock()
+            .unwrap()
+            .values()
+            .flat_map(|m| m.messages.values())
+            .map(|s| s.body.len() as u64)
+            .sum()
     }
 
     /// Adds a message and publishes the change event, like mailstore.
@@ -71,24 +129,9 @@ impl MemoryStore {
         let uid = {
             let mut boxes = self.mailboxes.lock().unwrap();
             let mailbox = boxes.get_mut(mailbox).unwrap();
-            let uid = mailbox.uid_next;
-            mailbox.uid_next += 1;
-            mailbox.messages.insert(
-                uid,
-                Stored {
-                    flags: Vec::new(),
-                    body: body.to_vec(),
-                },
-            );
-            uid
+            mailbox.add(body, Vec::new(), 1_709_211_909_000)
         };
-        let _ = self.events.send(MailboxEvent {
-            account: USER.into(),
-            mailbox: mailbox.into(),
-            kind: Kind::Appended as i32,
-            uid,
-            modseq: 0,
-        });
+        self.publish(mailbox, Kind::Appended, uid);
         uid
     }
 
@@ -97,6 +140,10 @@ impl MemoryStore {
             .messages
             .get(&uid)
             .cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.mailboxes.lock().unwrap().keys().cloned().collect()
     }
 
     pub fn uids(&self, mailbox: &str) -> Vec<u32> {
@@ -129,8 +176,8 @@ fn info(uid: u32, stored: &Stored) -> MessageInfo {
         uid,
         flags: stored.flags.clone(),
         size: stored.body.len() as u64,
-        internal_date_ms: 1_709_211_909_000,
-        modseq: 1,
+        internal_date_ms: stored.internal_date_ms,
+        modseq: stored.modseq,
     }
 }
 
@@ -154,7 +201,7 @@ impl MailAccess for MemoryStore {
             .map(|(name, m)| MailboxInfo {
                 name: name.clone(),
                 attributes: m.attributes.clone(),
-                subscribed: true,
+                subscribed: m.subscribed,
             })
             .collect())
     }
@@ -162,11 +209,15 @@ impl MailAccess for MemoryStore {
     async fn select(&self, account: &str, mailbox: &str) -> Result<MailboxStatus, AccessError> {
         self.with_mailbox(account, mailbox, |m| {
             Ok(MailboxStatus {
-                uid_validity: UID_VALIDITY,
+                uid_validity: m.uid_validity,
                 uid_next: m.uid_next,
                 exists: m.messages.len() as u32,
-                unseen: 0,
-                highest_modseq: 1,
+                unseen: m
+                    .messages
+                    .values()
+                    .filter(|s| !s.flags.iter().any(|f| f == "\\Seen"))
+                    .count() as u32,
+                highest_modseq: m.highest_modseq,
             })
         })
     }
@@ -208,6 +259,7 @@ impl MailAccess for MemoryStore {
                 .messages
                 .get_mut(&uid)
                 .ok_or_else(|| AccessError::NotFound(format!("uid {uid}")))?;
+            let before = stored.flags.clone();
             match mode {
                 FlagMode::Replace => stored.flags = flags.to_vec(),
                 FlagMode::Add => {
@@ -218,6 +270,10 @@ impl MailAccess for MemoryStore {
                     }
                 }
                 FlagMode::Remove => stored.flags.retain(|f| !flags.contains(f)),
+            }
+            if stored.flags != before {
+                m.highest_modseq += 1;
+                stored.modseq = m.highest_modseq;
             }
             Ok(info(uid, stored))
         })
@@ -243,7 +299,149 @@ impl MailAccess for MemoryStore {
             for uid in &doomed {
                 m.messages.remove(uid);
             }
+            if !doomed.is_empty() {
+                m.highest_modseq += 1;
+            }
             Ok(doomed)
+        })
+        .inspect(|doomed| {
+            for uid in doomed {
+                self.publish(mailbox, Kind::Expunged, *uid);
+            }
+        })
+    }
+
+    async fn create_mailbox(&self, _account: &str, mailbox: &str) -> Result<(), AccessError> {
+        let mut boxes = self.mailboxes.lock().unwrap();
+        if boxes.contains_key(mailbox) {
+            return Err(AccessError::AlreadyExists(mailbox.into()));
+        }
+        let validity = UID_VALIDITY + boxes.len() as u32;
+        boxes.insert(mailbox.to_owned(), Mailbox::new(Vec::new(), validity));
+        Ok(())
+    }
+
+    async fn delete_mailbox(&self, _account: &str, mailbox: &str) -> Result<(), AccessError> {
+        self.mailboxes
+            .lock()
+            .unwrap()
+            .remove(mailbox)
+            .map(|_| ())
+            .ok_or_else(|| AccessError::NotFound(mailbox.into()))
+    }
+
+    async fn rename_mailbox(
+        &self,
+        _account: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), AccessError> {
+        let mut boxes = self.mailboxes.lock().unwrap();
+        if boxes.contains_key(to) {
+            return Err(AccessError::AlreadyExists(to.into()));
+        }
+        let mailbox = boxes
+            .remove(from)
+            .ok_or_else(|| AccessError::NotFound(from.into()))?;
+        boxes.insert(to.to_owned(), mailbox);
+        Ok(())
+    }
+
+    async fn set_subscribed(
+        &self,
+        account: &str,
+        mailbox: &str,
+        subscribed: bool,
+    ) -> Result<(), AccessError> {
+        self.with_mailbox(account, mailbox, |m| {
+            m.subscribed = subscribed;
+            Ok(())
+        })
+    }
+
+    async fn append(
+        &self,
+        account: &str,
+        mailbox: &str,
+        message: &[u8],
+        flags: &[String],
+        internal_date_ms: i64,
+    ) -> Result<Appended, AccessError> {
+        let limit = *self.quota_limit.lock().unwrap();
+        if limit > 0 && self.used_bytes() + message.len() as u64 > limit {
+            return Err(AccessError::OverQuota("limit".into()));
+        }
+        let date = if internal_date_ms == 0 {
+            1_709_211_909_000
+        } else {
+            internal_date_ms
+        };
+        let appended = self.with_mailbox(account, mailbox, |m| {
+            let uid = m.add(message, flags.to_vec(), date);
+            Ok(Appended {
+                uid_validity: m.uid_validity,
+                uid,
+            })
+        })?;
+        self.publish(mailbox, Kind::Appended, appended.uid);
+        Ok(appended)
+    }
+
+    async fn copy(
+        &self,
+        account: &str,
+        from: &str,
+        to: &str,
+        uids: &[u32],
+        move_messages: bool,
+    ) -> Result<Copied, AccessError> {
+        if account != USER {
+            return Err(AccessError::NotFound(account.into()));
+        }
+        let copied = {
+            let mut boxes = self.mailboxes.lock().unwrap();
+            if !boxes.contains_key(to) {
+                return Err(AccessError::NotFound(to.into()));
+            }
+            let source = boxes
+                .get_mut(from)
+                .ok_or_else(|| AccessError::NotFound(from.into()))?;
+            let chosen: Vec<(u32, Stored)> = source
+                .messages
+                .iter()
+                .filter(|(uid, _)| uids.contains(uid))
+                .map(|(&uid, s)| (uid, s.clone()))
+                .collect();
+            if move_messages {
+                for (uid, _) in &chosen {
+                    source.messages.remove(uid);
+                }
+            }
+            let target = boxes.get_mut(to).unwrap();
+            let mut pairs = Vec::new();
+            for (uid, stored) in chosen {
+                let new = target.add(&stored.body, stored.flags, stored.internal_date_ms);
+                pairs.push((uid, new));
+            }
+            Copied {
+                uid_validity: target.uid_validity,
+                pairs,
+            }
+        };
+        for (source, new) in &copied.pairs {
+            self.publish(to, Kind::Appended, *new);
+            if move_messages {
+                self.publish(from, Kind::Expunged, *source);
+            }
+        }
+        Ok(copied)
+    }
+
+    async fn quota(&self, _account: &str) -> Result<Quota, AccessError> {
+        Ok(Quota {
+            used_bytes: self.used_bytes(),
+            limit_bytes: *self.quota_limit.lock().unwrap(),
+            messages: 0,
         })
     }
 }
