@@ -8,18 +8,18 @@ use mailfleet_proto::mailstore::directory_server::Directory;
 use mailfleet_proto::mailstore::mailstore_server::Mailstore;
 use mailfleet_proto::mailstore::{
     AccountRequest, AddUserRequest, Alias, AliasList, AliasRequest, AuthReply, AuthRequest, Body,
-    CatchAllRequest, CopyReply, CopyRequest, DeliverReply, DeliverRequest, DomainList,
-    DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply, LookupRequest, MailboxList,
-    MailboxRequest, MailboxStatus, MessageInfo, MessageList, MessageRequest, QuotaReply,
-    RenameMailboxRequest, SetQuotaRequest, StoreFlagsRequest, SubscribeRequest, UserList,
-    UserRequest, lookup_reply, store_flags_request,
+    CatchAllRequest, CopyReply, CopyRequest, DeliverReply, DeliverRequest, DkimKey, DkimKeyList,
+    DkimKeyRequest, DomainList, DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply,
+    LookupRequest, MailboxList, MailboxRequest, MailboxStatus, MessageInfo, MessageList,
+    MessageRequest, QuotaReply, RenameMailboxRequest, SetQuotaRequest, StoreFlagsRequest,
+    SubscribeRequest, UserList, UserRequest, lookup_reply, store_flags_request,
 };
 use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
 use mailfleet_runtime::backend::Events;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::store::{FlagMode, Lookup, NewMessage, Store, StoreError};
+use crate::store::{DkimKeyRecord, FlagMode, Lookup, NewMessage, Store, StoreError};
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Status {
@@ -177,6 +177,50 @@ impl Directory for DirectoryService {
         let r = request.into_inner();
         self.store.set_quota(&r.address, r.limit_bytes).await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn put_dkim_key(&self, request: Request<DkimKey>) -> Result<Response<Empty>, Status> {
+        let k = request.into_inner();
+        self.store
+            .put_dkim_key(&DkimKeyRecord {
+                domain: k.domain,
+                selector: k.selector,
+                algorithm: k.algorithm,
+                private_key_pem: k.private_key_pem,
+                public_key: k.public_key,
+                created_at_ms: k.created_at_ms,
+            })
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn get_dkim_key(
+        &self,
+        request: Request<DkimKeyRequest>,
+    ) -> Result<Response<DkimKey>, Status> {
+        let domain = request.into_inner().domain;
+        match self.store.dkim_key(&domain).await? {
+            Some(k) => Ok(Response::new(dkim_key(k))),
+            None => Err(Status::not_found(format!("no DKIM key for {domain}"))),
+        }
+    }
+
+    async fn list_dkim_keys(&self, _: Request<Empty>) -> Result<Response<DkimKeyList>, Status> {
+        let keys = self.store.list_dkim_keys().await?;
+        Ok(Response::new(DkimKeyList {
+            keys: keys.into_iter().map(dkim_key).collect(),
+        }))
+    }
+}
+
+fn dkim_key(k: DkimKeyRecord) -> DkimKey {
+    DkimKey {
+        domain: k.domain,
+        selector: k.selector,
+        algorithm: k.algorithm,
+        private_key_pem: k.private_key_pem,
+        public_key: k.public_key,
+        created_at_ms: k.created_at_ms,
     }
 }
 

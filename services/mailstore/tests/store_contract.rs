@@ -514,6 +514,7 @@ async fn contract(store: &Store, blob_dir: &Path) {
 
     folders_contract(store, &blobs).await;
     directory_contract(store).await;
+    dkim_contract(store).await;
 }
 
 /// CREATE / DELETE / RENAME / SUBSCRIBE, APPEND dates, COPY and MOVE with
@@ -856,6 +857,56 @@ async fn concurrent_replicas(db: &TestDb) {
     );
     a.close().await;
     b.close().await;
+}
+
+/// DKIM keys: put, replace, the newest one per domain for signing,
+/// listings without private keys, only for our domains.
+async fn dkim_contract(store: &Store) {
+    use mailfleet_mailstore::store::DkimKeyRecord;
+    let key = |selector: &str, algorithm: &str| DkimKeyRecord {
+        domain: "Example.com".into(),
+        selector: selector.into(),
+        algorithm: algorithm.into(),
+        private_key_pem: format!("PEM {selector}"),
+        public_key: format!("PUB {selector}"),
+        created_at_ms: 0,
+    };
+    assert_eq!(store.dkim_key("example.com").await.unwrap(), None);
+    store.put_dkim_key(&key("s1", "rsa-sha256")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store
+        .put_dkim_key(&key("s2", "ed25519-sha256"))
+        .await
+        .unwrap();
+    let newest = store.dkim_key("EXAMPLE.com").await.unwrap().unwrap();
+    assert_eq!(newest.selector, "s2");
+    assert_eq!(newest.domain, "example.com");
+    assert_eq!(newest.private_key_pem, "PEM s2");
+    // Replacing s1 makes it the newest.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store
+        .put_dkim_key(&key("s1", "ed25519-sha256"))
+        .await
+        .unwrap();
+    let newest = store.dkim_key("example.com").await.unwrap().unwrap();
+    assert_eq!(
+        (newest.selector.as_str(), newest.algorithm.as_str()),
+        ("s1", "ed25519-sha256")
+    );
+    let listed = store.list_dkim_keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|k| k.private_key_pem.is_empty()));
+    // Not our domain, bad algorithm, bad selector.
+    let mut foreign = key("s1", "rsa-sha256");
+    foreign.domain = "elsewhere.test".into();
+    assert!(store.put_dkim_key(&foreign).await.is_err());
+    assert!(store.put_dkim_key(&key("s3", "rsa-sha1")).await.is_err());
+    assert!(
+        store
+            .put_dkim_key(&key("bad selector", "rsa-sha256"))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

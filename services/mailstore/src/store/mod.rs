@@ -8,6 +8,7 @@
 //! `ON CONFLICT`, `RETURNING`, and only the types `Any` carries (i64, text).
 
 mod directory;
+mod dkim;
 mod folders;
 mod mailbox;
 pub mod names;
@@ -21,6 +22,7 @@ use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::{AnyPool, Row, Transaction};
 
 pub use directory::Lookup;
+pub use dkim::DkimKeyRecord;
 pub use folders::{Copied, Quota};
 pub use mailbox::{Delivered, Expunged, NewMessage};
 pub use names::FlagMode;
@@ -78,6 +80,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sqlite: include_str!("../../migrations/sqlite/0002_folders_aliases_quota.sql"),
         postgres: include_str!("../../migrations/postgres/0002_folders_aliases_quota.sql"),
+    },
+    Migration {
+        version: 3,
+        sqlite: include_str!("../../migrations/sqlite/0003_dkim_keys.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_dkim_keys.sql"),
     },
 ];
 
