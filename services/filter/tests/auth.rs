@@ -101,6 +101,11 @@ fn zones(keys: &Keys) -> Vec<Zone> {
         // No SPF, no DMARC at all.
         Zone::new("plain.test").a("@", "198.51.100.20".parse().unwrap()),
         Zone::reverse_v4().ptr(GOOD_IP.parse().unwrap(), "mail.sender.test."),
+        // A forwarder (mailing list) that seals ARC sets with the Ed25519 key.
+        Zone::new("forwarder.test").txt(
+            "ed._domainkey",
+            &format!("v=DKIM1; k=ed25519; p={}", base64(&ed_public)),
+        ),
         Zone::new("bl.test").dnsbl_listing(SPOOF_IP.parse().unwrap(), "listed for tests"),
         Zone::new("uribl.test").a("evil-shop.test", "127.0.0.2".parse().unwrap()),
     ]
@@ -616,4 +621,70 @@ async fn verdict_for_a_50k_signed_message_with_warm_cache() {
     // Generous bound for a shared machine and debug builds; the measured
     // numbers are printed above.
     assert!(wall < 500.0, "{wall} ms per verdict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_sealed_by_a_forwarder_verifies_and_a_broken_seal_fails() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+
+    let world = World::start().await;
+    let engine = world.engine(FilterConfig::default());
+    let original = world.sign_ed25519(
+        "sender.test",
+        &message("ceo@sender.test", "Minutes of the meeting."),
+    );
+
+    // The forwarder verifies what it received and seals its results
+    // (RFC 8617 §5.1), as a mailing list would.
+    let authenticator = MessageAuthenticator(world.dns.resolver());
+    let parsed = AuthenticatedMessage::parse(&original).unwrap();
+    let dkim = authenticator.verify_dkim(&parsed).await;
+    let arc = authenticator.verify_arc(&parsed).await;
+    let results =
+        AuthenticationResults::new("forwarder.test").with_dkim_results(&dkim, "sender.test");
+    let key = Ed25519Key::from_pkcs8_der(&world.keys.ed25519).unwrap();
+    let set = ArcSealer::from_key(key)
+        .domain("forwarder.test")
+        .selector("ed")
+        .headers(["From", "To", "Subject", "DKIM-Signature"])
+        .seal(&parsed, &results, &arc)
+        .unwrap();
+    let sealed = [set.to_header().into_bytes(), original.clone()].concat();
+
+    let verdict = engine
+        .check(request(
+            SPOOF_IP,
+            "list.forwarder.test",
+            "list@plain.test",
+            sealed.clone(),
+        ))
+        .await
+        .unwrap();
+    let ar = auth_results(&verdict);
+    assert!(ar.contains("arc=pass"), "{ar}");
+    assert!(ar.contains("dkim=pass"), "{ar}");
+
+    // A seal whose signature does not verify: arc=fail.
+    let text = String::from_utf8(sealed).unwrap();
+    // The seal covers the ARC-Authentication-Results (RFC 8617 §5.1.1):
+    // changing what it reports breaks it.
+    let broken = text.replacen(
+        "ARC-Authentication-Results: i=1; forwarder.test;",
+        "ARC-Authentication-Results: i=1; forwarder.test; spf=pass;",
+        1,
+    );
+    assert_ne!(broken, text, "the seal header is where expected: {text}");
+    let verdict = engine
+        .check(request(
+            SPOOF_IP,
+            "list.forwarder.test",
+            "list@plain.test",
+            broken.into_bytes(),
+        ))
+        .await
+        .unwrap();
+    let ar = auth_results(&verdict);
+    assert!(ar.contains("arc=fail"), "{ar}");
+    assert!(fired(&verdict).contains(&"ARC_INVALID"));
 }
