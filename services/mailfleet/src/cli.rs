@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The spam filter: train the Bayesian classifier.
+    Filter {
+        #[command(subcommand)]
+        command: crate::cmd_filter::FilterCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +106,7 @@ pub enum UserCommand {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { target } => crate::serve::serve(&cli.global, &target).await,
+        Command::Filter { command } => crate::cmd_filter::run(&cli.global, command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
@@ -193,7 +199,7 @@ fn read_password_stdin() -> anyhow::Result<String> {
 }
 
 /// Runs one admin request against the server the config points at.
-async fn admin<F, Fut>(global: &Global, f: F) -> ExitCode
+pub(crate) async fn admin<F, Fut>(global: &Global, f: F) -> ExitCode
 where
     F: FnOnce(AdminClient) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

@@ -5,6 +5,7 @@
 mod admin_api;
 mod cli;
 mod client;
+mod cmd_filter;
 mod serve;
 mod token;
 
