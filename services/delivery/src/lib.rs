@@ -13,6 +13,7 @@
 //! parsing), [`wire`] (line endings and dot-stuffing), [`dsn`], [`schedule`].
 
 pub mod client;
+pub mod dkim;
 pub mod dsn;
 pub mod error;
 mod metrics;

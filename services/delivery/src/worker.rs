@@ -18,7 +18,7 @@ use mailfleet_proto::filter::Action;
 use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::lookup_reply::Kind;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
-use mailfleet_proto::mailstore::{DeliverRequest, LookupRequest};
+use mailfleet_proto::mailstore::{DeliverRequest, DkimKeyRequest, LookupRequest};
 use mailfleet_proto::queue::{QueueEntry, Recipient};
 use mailfleet_runtime::backend::{BackendError, BlobStore, Leased};
 use mailfleet_runtime::{CancellationToken, Context};
@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::remote::{RcptResult, Remote};
 use crate::schedule::{self, Destination};
 use crate::tls::TlsOutcome;
-use crate::{dsn, route, wire};
+use crate::{dkim, dsn, route, wire};
 
 /// How long `take` waits for an entry; also the longest a worker takes to
 /// notice shutdown.
@@ -270,7 +270,15 @@ impl Worker {
             .iter()
             .map(|i| entry.recipients[*i].address.clone())
             .collect();
-        let message = wire::canonical(spooled);
+        let message = match self.dkim_sign(wire::canonical(spooled)).await {
+            Ok(message) => message,
+            Err(error) => {
+                for i in indices {
+                    self.record(&mut entry.recipients[i], Err(error.clone()), now, expiry);
+                }
+                return;
+            }
+        };
         // An attempt must end well within the lease, or another worker
         // would take the entry and deliver it a second time.
         let budget = Duration::from_secs(self.ctx.config.delivery.lease_secs * 3 / 4);
@@ -308,6 +316,62 @@ impl Worker {
                 }
                 RcptResult::Failed(error) => self.record(recipient, Err(error), now, expiry),
             }
+        }
+    }
+
+    /// Prepends a DKIM signature when the directory has a key for the
+    /// `From:` domain. A directory that cannot answer defers the attempt
+    /// (mail of a signing domain must not leave unsigned because of an
+    /// outage); a key that cannot sign is an operator's error, logged, and
+    /// the message goes out unsigned.
+    async fn dkim_sign(&self, message: Vec<u8>) -> Result<Vec<u8>, DeliveryError> {
+        let Some(domain) = dkim::from_domain(&message) else {
+            return Ok(message);
+        };
+        let mut request = tonic::Request::new(DkimKeyRequest {
+            domain: domain.clone(),
+        });
+        request.set_timeout(DELIVER_TIMEOUT);
+        let key = match self.directory.clone().get_dkim_key(request).await {
+            Ok(key) => key.into_inner(),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Ok(message);
+            }
+            Err(status) => {
+                return Err(DeliveryError::Transient(Diagnostic::local(
+                    "4.3.0",
+                    format!(
+                        "directory: cannot read the DKIM key of {domain}: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ),
+                )));
+            }
+        };
+        let signed = tokio::task::spawn_blocking(move || {
+            dkim::sign(&key, &message)
+                .map(|header| [header.as_bytes(), &message].concat())
+                .map_err(|error| (error, message))
+        })
+        .await;
+        match signed {
+            Ok(Ok(signed)) => {
+                tracing::debug!(%domain, "dkim signed");
+                Ok(signed)
+            }
+            Ok(Err((error, message))) => {
+                tracing::error!(%domain, %error, "cannot dkim-sign, sending unsigned");
+                Ok(message)
+            }
+            Err(error) => Err(DeliveryError::Transient(Diagnostic::local(
+                "4.3.0",
+                format!("dkim signing task failed: {error}"),
+            ))),
         }
     }
 

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_proto::mailstore::{MailboxRequest, MessageRequest};
 use mailfleet_proto::queue::{QueueEntry, Recipient};
@@ -43,6 +44,7 @@ pub struct Node {
     pub ctx: Arc<Context>,
     pub shutdown: CancellationToken,
     pub mailstore: MailstoreClient<Channel>,
+    pub directory: DirectoryClient<Channel>,
     pub dir: tempfile::TempDir,
 }
 
@@ -101,7 +103,8 @@ pub async fn node(dns: &DnsServer, smtp_port: u16, tune: impl FnOnce(&mut Config
     Node {
         ctx,
         shutdown,
-        mailstore: MailstoreClient::new(channel),
+        mailstore: MailstoreClient::new(channel.clone()),
+        directory: DirectoryClient::new(channel),
         dir,
     }
 }
