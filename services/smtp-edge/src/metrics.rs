@@ -10,12 +10,15 @@ type Labels = [(&'static str, &'static str); 1];
 
 #[derive(Clone, Default)]
 pub struct Metrics {
-    /// Connections by result: `accepted`, `over_limit`.
+    /// Connections by result: `accepted`, `over_limit` (all listeners
+    /// full), `over_ip_limit` (`smtp.max_connections_per_ip`),
+    /// `bad_proxy_header` (a trusted proxy sent no valid PROXY header).
     connections: Family<Labels, Counter>,
     /// Sessions open now.
     sessions: Gauge,
-    /// Transactions ended at end of DATA, by result: `queued`, `rejected`,
-    /// `deferred`, `error`, `too_big`, `bare_lf`.
+    /// Transactions ended at end of DATA or BDAT LAST, by result: `queued`,
+    /// `rejected`, `deferred`, `error`, `too_big`, `bare_lf`, `long_line`,
+    /// `loop`.
     transactions: Family<Labels, Counter>,
 }
 

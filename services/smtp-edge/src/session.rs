@@ -42,6 +42,10 @@ pub const MAX_TEXT_LINE: usize = 1000;
 const AUTH_FAILURES_BEFORE_DELAY: u64 = 3;
 /// The longest pause before a `535` (tarpit of a password guesser).
 const AUTH_MAX_DELAY: Duration = Duration::from_secs(5);
+/// RFC 4954 §4: AUTH lines (the command with an initial response, and
+/// each response line) may be up to 12288 octets; other commands keep
+/// `smtp.max_line_length`.
+pub const MAX_AUTH_LINE: usize = 12288;
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -405,6 +409,16 @@ impl Session {
             self.count_error(reply);
         }
         step
+    }
+
+    /// True if `line`, longer than `smtp.max_line_length`, may still be
+    /// read as a command: an AUTH line (RFC 4954 §4).
+    pub fn allows_long_line(&self, line: &[u8]) -> bool {
+        line.len() <= MAX_AUTH_LINE
+            && (self.auth_step.is_some()
+                || line
+                    .get(..5)
+                    .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH ")))
     }
 
     /// A command line over the limit (already skipped to its end).
@@ -1160,7 +1174,7 @@ where
             _ = shutdown.cancelled() => continue,
             read = tokio::time::timeout(
                 config.command_timeout,
-                conn.read_line(config.max_line_length),
+                conn.read_line(config.max_line_length.max(MAX_AUTH_LINE)),
             ) => read,
         };
         let step = match read {
@@ -1175,6 +1189,11 @@ where
                     return Ok(());
                 }
                 Line::TooLong => Step::Reply(session.line_too_long()),
+                Line::Complete(line)
+                    if line.len() > config.max_line_length && !session.allows_long_line(&line) =>
+                {
+                    Step::Reply(session.line_too_long())
+                }
                 Line::Complete(line) => session.handle_line(&line).await,
             },
         };
