@@ -81,6 +81,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         metrics,
         limits: Limits {
             hostname: ctx.config.hostname.clone(),
+            max_append_bytes: usize::try_from(ctx.config.access.max_append_size)
+                .unwrap_or(usize::MAX),
             ..Limits::default()
         },
     });

@@ -35,6 +35,7 @@ pub fn router(ctx: Arc<Context>, token: String) -> anyhow::Result<Router> {
         .route("/domains", get(list_domains).post(add_domain))
         .route("/users", get(list_users).post(add_user))
         .route("/users/{address}", delete(delete_user))
+        .merge(crate::cmd_directory::routes(state.ctx.clone())?)
         .merge(crate::cmd_filter::routes(state.ctx.clone()))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -60,6 +60,9 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Aliases, catch-all addresses and quotas.
+    #[command(flatten)]
+    Directory(crate::cmd_directory::DirectoryCommand),
     /// The spam filter: train the Bayesian classifier.
     Filter {
         #[command(subcommand)]
@@ -106,6 +109,7 @@ pub enum UserCommand {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { target } => crate::serve::serve(&cli.global, &target).await,
+        Command::Directory(command) => crate::cmd_directory::run(&cli.global, command).await,
         Command::Filter { command } => crate::cmd_filter::run(&cli.global, command).await,
         Command::Config {
             command: ConfigCommand::Check { file },

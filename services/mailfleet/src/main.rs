@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod cli;
+mod cmd_directory;
 mod client;
 mod cmd_filter;
 mod serve;

@@ -228,6 +228,10 @@ pub struct MailstoreService {
     pub store: Arc<Store>,
     pub events: Arc<dyn Events>,
     pub metrics: Metrics,
+    /// `mailstore.over_quota_permanent`: a delivery over quota is
+    /// FAILED_PRECONDITION (delivery bounces it, 5.2.2) rather than
+    /// RESOURCE_EXHAUSTED (delivery retries it, 4.2.2).
+    pub over_quota_permanent: bool,
 }
 
 impl MailstoreService {
@@ -260,8 +264,24 @@ impl Mailstore for MailstoreService {
             .await;
         let delivered = match delivered {
             Ok(d) => d,
+            // Only deliveries carry an idempotency key; APPEND always gets
+            // RESOURCE_EXHAUSTED (IMAP `[OVERQUOTA]`).
+            Err(StoreError::OverQuota(message))
+                if self.over_quota_permanent && !r.idempotency_key.is_empty() =>
+            {
+                self.metrics.deliveries("over_quota").inc();
+                tracing::info!(account = %r.account, %message, "delivery refused: over quota");
+                return Err(Status::failed_precondition(format!(
+                    "quota exceeded: {message}"
+                )));
+            }
             Err(error) => {
-                self.metrics.deliveries("error").inc();
+                let outcome = if matches!(error, StoreError::OverQuota(_)) {
+                    "over_quota"
+                } else {
+                    "error"
+                };
+                self.metrics.deliveries(outcome).inc();
                 return Err(error.into());
             }
         };

@@ -59,6 +59,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         store: store.clone(),
         events,
         metrics,
+        over_quota_permanent: ctx.config.mailstore.over_quota_permanent,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -64,6 +64,8 @@ pub struct Config {
     pub dns: Dns,
     pub tls: Tls,
     pub filter: Filter,
+    pub mailstore: Mailstore,
+    pub access: Access,
 }
 
 impl Default for Config {
@@ -81,6 +83,8 @@ impl Default for Config {
             dns: Dns::default(),
             tls: Tls::default(),
             filter: Filter::default(),
+            mailstore: Mailstore::default(),
+            access: Access::default(),
         }
     }
 }
@@ -346,6 +350,35 @@ impl Default for Dns {
     }
 }
 
+/// Mailboxes and the directory (the `mailstore` target).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mailstore {
+    /// A delivery to an account over its quota fails permanently (the
+    /// sender gets a DSN, 5.2.2) instead of being retried (4.2.2).
+    pub over_quota_permanent: bool,
+}
+
+/// IMAP and POP3 (the `access` target).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    /// Largest message an IMAP APPEND may upload, in bytes.
+    pub max_append_size: u64,
+    /// Networks (CIDR) where LOGIN and plain-text authentication are
+    /// allowed without TLS, besides loopback.
+    pub trusted_networks: Vec<String>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            max_append_size: 25 * 1024 * 1024,
+            trusted_networks: Vec::new(),
+        }
+    }
+}
+
 /// The server certificate of every TLS listener (see `runtime::tls`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -555,6 +588,7 @@ impl Config {
                 "smtp.proxy_trusted_networks",
                 &self.smtp.proxy_trusted_networks,
             ),
+            ("access.trusted_networks", &self.access.trusted_networks),
         ] {
             for value in list {
                 if value.parse::<Cidr>().is_err() {
