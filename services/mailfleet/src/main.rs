@@ -4,8 +4,8 @@
 
 mod admin_api;
 mod cli;
-mod cmd_directory;
 mod client;
+mod cmd_directory;
 mod cmd_filter;
 mod serve;
 mod token;
