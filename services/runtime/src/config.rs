@@ -598,6 +598,22 @@ impl Config {
                 }
             }
         }
+        let f = &self.filter;
+        if !(f.add_header_score <= f.junk_score && f.junk_score <= f.reject_score) {
+            problems.push(
+                "filter scores must satisfy add_header_score <= junk_score <= reject_score".into(),
+            );
+        }
+        for rule in &f.rules {
+            if rule.name.is_empty() || rule.pattern.is_empty() {
+                problems.push("filter.rules: every rule needs a name and a pattern".into());
+            } else if let Err(e) = regex::Regex::new(&rule.pattern) {
+                problems.push(format!(
+                    "filter.rules {:?}: pattern is not a regex: {e}",
+                    rule.name
+                ));
+            }
+        }
         if self.smtp.max_line_length < 512 {
             problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
@@ -859,5 +875,23 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::load(None, &env(&[("MAILFLEET__SMTP__NO_SUCH_KEY", "1")])).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn filter_rules_and_scores_are_checked() {
+        let err = Config::load(
+            None,
+            &env(&[
+                (
+                    "MAILFLEET__FILTER__RULES",
+                    r#"[{ name = "BAD", pattern = "(" }]"#,
+                ),
+                ("MAILFLEET__FILTER__JUNK_SCORE", "20.0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"BAD\": pattern is not a regex"), "{err}");
+        assert!(err.contains("junk_score <= reject_score"), "{err}");
     }
 }
