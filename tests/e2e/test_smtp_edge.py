@@ -181,3 +181,20 @@ def test_swaks_starttls_auth_and_implicit_tls(single_node):
         capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "535 5.7.8" in result.stdout, result.stdout
     wait_for_messages(single_node, ALICE, ALICE_PW, 2)
+
+
+def test_submission_as_an_alias_with_the_real_directory(single_node):
+    single_node.add_user(ALICE, ALICE_PW)
+    single_node.add_user(BOB, BOB_PW)
+    single_node.cli("alias", "add", "sales@example.test", ALICE)
+    ctx = tls_context(single_node)
+    with smtplib.SMTP_SSL(single_node.host, single_node.ports["submissions"],
+                          context=ctx, timeout=30) as s:
+        s.login(ALICE, ALICE_PW)
+        assert s.sendmail("sales@example.test", [BOB], b"Subject: as sales\r\n\r\nx\r\n") == {}
+    with smtplib.SMTP_SSL(single_node.host, single_node.ports["submissions"],
+                          context=ctx, timeout=30) as s:
+        s.login(BOB, BOB_PW)
+        code, text = s.mail("sales@example.test")
+        assert (code, text[:5]) == (553, b"5.7.1"), (code, text)
+    wait_for_messages(single_node, BOB, BOB_PW, 1)

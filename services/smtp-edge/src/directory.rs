@@ -47,8 +47,16 @@ impl RecipientLookup for DirectoryLookup {
             .into_inner();
         // An unknown kind decodes as REMOTE: refused, never relayed.
         Ok(match reply.kind() {
+            // `accounts` is newer than `account`: a directory that only
+            // fills the latter still works.
+            Kind::Local if reply.accounts.is_empty() => Lookup::Local {
+                accounts: vec![reply.account]
+                    .into_iter()
+                    .filter(|a| !a.is_empty())
+                    .collect(),
+            },
             Kind::Local => Lookup::Local {
-                account: reply.account,
+                accounts: reply.accounts,
             },
             Kind::UnknownUser => Lookup::UnknownUser,
             Kind::Remote => Lookup::Remote,

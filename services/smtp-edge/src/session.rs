@@ -142,8 +142,9 @@ impl Default for SessionConfig {
 /// Where an address goes, as the directory says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// One of our domains, and this account receives it.
-    Local { account: String },
+    /// One of our domains, and these accounts receive it (one, or several
+    /// for an alias that names several; never none).
+    Local { accounts: Vec<String> },
     /// One of our domains, but nobody by that name.
     UnknownUser,
     /// Not our domain: relaying.
@@ -694,7 +695,12 @@ impl Session {
             return Some(reply::SENDER_NOT_OWNED);
         }
         match self.services.lookup.lookup(address).await {
-            Ok(Lookup::Local { account: owner }) if owner.eq_ignore_ascii_case(account) => None,
+            // An alias shared by several accounts is each member's own.
+            Ok(Lookup::Local { accounts })
+                if accounts.iter().any(|a| a.eq_ignore_ascii_case(account)) =>
+            {
+                None
+            }
             Ok(_) => {
                 tracing::info!(mail_from = %address, %account, "sender not owned by the user");
                 Some(reply::SENDER_NOT_OWNED)
@@ -752,15 +758,19 @@ impl Session {
             tracing::info!(rcpt_to = %to.address, trick, "relay trick refused");
             return reply::RELAY_DENIED;
         }
-        let account = match self.services.lookup.lookup(&to.address).await {
-            Ok(Lookup::Local { account }) => account,
+        let accounts = match self.services.lookup.lookup(&to.address).await {
+            Ok(Lookup::Local { accounts }) if !accounts.is_empty() => accounts,
+            Ok(Lookup::Local { .. }) => {
+                tracing::warn!(rcpt_to = %to.address, "directory gave a local address no account");
+                return reply::LOOKUP_FAILED;
+            }
             Ok(Lookup::UnknownUser) => {
                 tracing::info!(rcpt_to = %to.address, "unknown user");
                 return reply::USER_UNKNOWN;
             }
             // Relayed (queued for delivery to its domain's MX) only for
             // authenticated users and relay networks: never an open relay.
-            Ok(Lookup::Remote) if may_relay => String::new(),
+            Ok(Lookup::Remote) if may_relay => vec![String::new()],
             Ok(Lookup::Remote) => {
                 tracing::info!(rcpt_to = %to.address, "relay denied");
                 return reply::RELAY_DENIED;
@@ -779,7 +789,8 @@ impl Session {
             }
         };
         // A recipient repeated (or another address of the same account) is
-        // acknowledged but delivered once.
+        // acknowledged but delivered once; an alias of several accounts is
+        // one queue recipient per account, each under the address given.
         let key = |account: &str, address: &str| {
             if account.is_empty() {
                 address.to_ascii_lowercase()
@@ -787,17 +798,20 @@ impl Session {
                 account.to_ascii_lowercase()
             }
         };
-        let this = key(&account, &to.address);
-        if !transaction
-            .recipients
-            .iter()
-            .any(|r| key(&r.account, &r.address) == this)
-        {
+        for account in accounts {
+            let this = key(&account, &to.address);
+            if transaction
+                .recipients
+                .iter()
+                .any(|r| key(&r.account, &r.address) == this)
+            {
+                continue;
+            }
             transaction.recipients.push(Recipient {
-                address: to.address,
+                address: to.address.clone(),
                 account,
-                notify: to.notify,
-                orcpt: to.orcpt,
+                notify: to.notify.clone(),
+                orcpt: to.orcpt.clone(),
             });
         }
         self.state = State::Rcpt(transaction);

@@ -15,8 +15,8 @@ use mailfleet_smtp_edge::{
     RecipientLookup, Services,
 };
 
-/// `example.org` is local with users alice, bob and postmaster, and
-/// `ali@example.org` an alias of alice; `down@example.org` makes the
+/// `example.org` is local with users alice, bob and postmaster,
+/// `ali@example.org` an alias of alice, `team@example.org` of alice and bob; `down@example.org` makes the
 /// directory fail; other domains are remote. Passwords: alice `secret`,
 /// bob `hunter2`; user `down@example.org` makes AUTH fail.
 pub struct TestDirectory;
@@ -27,7 +27,7 @@ impl RecipientLookup for TestDirectory {
         let address = address.to_ascii_lowercase();
         if address == "postmaster" {
             return Ok(Lookup::Local {
-                account: "postmaster@example.org".into(),
+                accounts: vec!["postmaster@example.org".into()],
             });
         }
         let Some((local, domain)) = address.rsplit_once('@') else {
@@ -38,10 +38,13 @@ impl RecipientLookup for TestDirectory {
         }
         match local {
             "alice" | "bob" | "postmaster" => Ok(Lookup::Local {
-                account: format!("{local}@example.org"),
+                accounts: vec![format!("{local}@example.org")],
             }),
             "ali" => Ok(Lookup::Local {
-                account: "alice@example.org".into(),
+                accounts: vec!["alice@example.org".into()],
+            }),
+            "team" => Ok(Lookup::Local {
+                accounts: vec!["alice@example.org".into(), "bob@example.org".into()],
             }),
             "down" => Err(LookupError("directory unreachable".into())),
             _ => Ok(Lookup::UnknownUser),
