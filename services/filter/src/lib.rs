@@ -60,16 +60,23 @@ pub enum FilterError {
 #[derive(Clone, Default)]
 pub struct Metrics {
     verdicts: Family<[(&'static str, &'static str); 1], Counter>,
+    rules: Family<[(&'static str, String); 1], Counter>,
 }
 
 impl Metrics {
-    /// Registers the metrics in `ctx.metrics` (`mailfleet_filter_verdicts_total`).
+    /// Registers the metrics in `ctx.metrics` (`mailfleet_filter_verdicts_total`,
+    /// `mailfleet_filter_rules_total`).
     pub fn register(ctx: &Context) -> Metrics {
         let metrics = Metrics::default();
         ctx.metrics.lock().expect("metrics lock").register(
             "filter_verdicts",
             "Verdicts given by the filter, by action",
             metrics.verdicts.clone(),
+        );
+        ctx.metrics.lock().expect("metrics lock").register(
+            "filter_rules",
+            "Rules that fired in verdicts, by rule",
+            metrics.rules.clone(),
         );
         metrics
     }
@@ -312,6 +319,12 @@ impl Filter for FilterService {
             .verdicts
             .get_or_create(&[("action", action)])
             .inc();
+        for rule in &verdict.rules {
+            self.metrics
+                .rules
+                .get_or_create(&[("rule", rule.name.clone())])
+                .inc();
+        }
         let rules: Vec<&str> = verdict.rules.iter().map(|r| r.name.as_str()).collect();
         tracing::info!(
             action,
