@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use mailfleet_proto::filter::filter_server::{Filter, FilterServer};
-use mailfleet_proto::filter::{Action, CheckRequest, Header, Verdict};
+use mailfleet_proto::filter::{Action, CheckRequest, Header, LearnReply, LearnRequest, Verdict};
 use mailfleet_runtime::backend::Counters;
 use mailfleet_runtime::config::{Filter as FilterConfig, Listen};
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
@@ -334,6 +334,35 @@ impl Filter for FilterService {
             "verdict"
         );
         Ok(Response::new(verdict))
+    }
+
+    async fn learn(&self, request: Request<LearnRequest>) -> Result<Response<LearnReply>, Status> {
+        let LearnRequest { message, spam } = request.into_inner();
+        let Some(bayes) = self.engine.bayes.clone() else {
+            return Err(Status::failed_precondition(
+                "the Bayesian classifier is off (filter.bayes = false)",
+            ));
+        };
+        let check = CheckRequest {
+            message,
+            ..CheckRequest::default()
+        };
+        let analysis = tokio::task::spawn_blocking(move || Analysis::new(&check))
+            .await
+            .map_err(|e| Status::internal(format!("message analysis failed: {e}")))?;
+        bayes
+            .learn(&analysis, spam)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (spam_messages, ham_messages) = bayes
+            .trained()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(spam, spam_messages, ham_messages, "bayes learned");
+        Ok(Response::new(LearnReply {
+            spam_messages,
+            ham_messages,
+        }))
     }
 }
 

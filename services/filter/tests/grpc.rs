@@ -63,3 +63,53 @@ async fn check_over_grpc_accepts_clean_mail_and_rejects_gtube() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn learn_over_grpc_trains_the_classifier() {
+    use mailfleet_filter::Engine;
+    use mailfleet_filter::bayes::Bayes;
+    use mailfleet_proto::filter::LearnRequest;
+    use std::sync::Arc;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut engine = Engine::with_rules(RuleSet::default());
+    engine.bayes = Some(Arc::new(Bayes::memory()));
+    let service = FilterService::with_engine(engine, Metrics::default());
+    let server = tokio::spawn(serve(listener, service, shutdown.clone(), || {}));
+    let mut client = FilterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    for (i, spam) in [true, true, false].into_iter().enumerate() {
+        let reply = client
+            .learn(LearnRequest {
+                message: format!("Subject: m{i}\r\n\r\nwords of message {i}\r\n").into_bytes(),
+                spam,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.spam_messages + reply.ham_messages, i as u64 + 1);
+    }
+
+    // Without a classifier, learning is refused, not silently dropped.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr2 = listener.local_addr().unwrap();
+    let service = FilterService::new(RuleSet::default(), Metrics::default());
+    tokio::spawn(serve(listener, service, shutdown.clone(), || {}));
+    let mut off = FilterClient::connect(format!("http://{addr2}"))
+        .await
+        .unwrap();
+    let err = off
+        .learn(LearnRequest {
+            message: b"Subject: x\r\n\r\ny\r\n".to_vec(),
+            spam: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
