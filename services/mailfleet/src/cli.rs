@@ -63,6 +63,9 @@ pub enum Command {
     /// Aliases, catch-all addresses and quotas.
     #[command(flatten)]
     Directory(crate::cmd_directory::DirectoryCommand),
+    /// DKIM keys, and the DNS records a domain needs.
+    #[command(flatten)]
+    Dns(crate::cmd_dns::DnsCommands),
     /// The spam filter: train the Bayesian classifier.
     Filter {
         #[command(subcommand)]
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve { target } => crate::serve::serve(&cli.global, &target).await,
         Command::Directory(command) => crate::cmd_directory::run(&cli.global, command).await,
         Command::Filter { command } => crate::cmd_filter::run(&cli.global, command).await,
+        Command::Dns(command) => crate::cmd_dns::run(&cli.global, command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),

@@ -6,6 +6,7 @@ mod admin_api;
 mod cli;
 mod client;
 mod cmd_directory;
+mod cmd_dns;
 mod cmd_filter;
 mod serve;
 mod token;
