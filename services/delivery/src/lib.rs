@@ -16,6 +16,7 @@ pub mod client;
 pub mod dkim;
 pub mod dsn;
 pub mod error;
+pub mod limits;
 mod metrics;
 pub mod mx;
 pub mod remote;
@@ -68,6 +69,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     // server that is not up yet, so workers open it (and retry) themselves.
     ctx.spool().await?;
 
+    let limits = open_limits(&ctx).await;
+
     let mut workers = JoinSet::new();
     for id in 0..ctx.config.delivery.workers {
         let worker = worker::Worker {
@@ -76,6 +79,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
             mailstore: mailstore.clone(),
             directory: directory.clone(),
             remote: remote.clone(),
+            limits: limits.clone(),
             metrics: metrics.clone(),
         };
         workers.spawn(worker.run(shutdown.clone()));
@@ -94,4 +98,32 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     }
     tracing::info!("delivery stopped");
     Ok(())
+}
+
+/// The per-destination limits, shared through Redis when the counters are
+/// (`backends.counters_url`). Redis down at start falls back to per-process
+/// limits with a warning rather than stopping delivery.
+async fn open_limits(ctx: &Context) -> limits::Limits {
+    let d = &ctx.config.delivery;
+    let counters = match ctx.counters().await {
+        Ok(counters) => Some(counters),
+        Err(error) => {
+            tracing::warn!(%error, "rate counters unavailable: no per-domain rate limit");
+            None
+        }
+    };
+    // A slot is held at most for one attempt's budget (see the worker).
+    let lease = std::time::Duration::from_secs(d.lease_secs * 3 / 4 + 30);
+    let (max, per_minute) = (
+        d.max_connections_per_domain,
+        d.messages_per_domain_per_minute,
+    );
+    let url = &ctx.config.backends.counters_url;
+    match limits::Limits::open(url, counters.clone(), max, per_minute, lease).await {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "shared destination limits unavailable, limiting per process");
+            limits::Limits::in_memory(counters, max, per_minute, lease)
+        }
+    }
 }

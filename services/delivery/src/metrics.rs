@@ -12,6 +12,7 @@ pub struct Metrics {
     recipients: ByResult,
     entries: ByResult,
     pub queue_errors: Counter,
+    pub throttled: Counter,
 }
 
 impl Metrics {
@@ -31,6 +32,11 @@ impl Metrics {
             "delivery_queue_errors",
             "Queue or spool backend errors seen by the workers",
             metrics.queue_errors.clone(),
+        );
+        registry.register(
+            "delivery_throttled",
+            "Remote delivery attempts postponed because the destination was at its limit",
+            metrics.throttled.clone(),
         );
         metrics
     }

@@ -27,6 +27,7 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::error::{DeliveryError, Diagnostic};
+use crate::limits::{Busy, Limits};
 use crate::metrics::Metrics;
 use crate::remote::{RcptResult, Remote};
 use crate::schedule::{self, Destination};
@@ -43,6 +44,10 @@ const BACKEND_BACKOFF: Duration = Duration::from_secs(1);
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// When a DSN could not be enqueued, try again this soon.
 const DSN_RETRY: Duration = Duration::from_secs(60);
+/// How long a destination at its connection limit waits before trying again.
+const BUSY_CONNECTIONS_WAIT: Duration = Duration::from_secs(2);
+/// How long a destination over its rate waits (windows are a minute long).
+const BUSY_RATE_WAIT: Duration = Duration::from_secs(15);
 
 pub struct Worker {
     pub id: usize,
@@ -50,6 +55,7 @@ pub struct Worker {
     pub mailstore: MailstoreClient<Channel>,
     pub directory: DirectoryClient<Channel>,
     pub remote: Remote,
+    pub limits: Limits,
     pub metrics: Metrics,
 }
 
@@ -266,6 +272,43 @@ impl Worker {
                     && schedule::destination(r) == Destination::Remote(domain.to_owned())
             })
             .collect();
+        // Back-pressure: a destination at its limit waits, without using
+        // up an attempt.
+        let permit = match self.limits.try_acquire(domain).await {
+            Ok(permit) => permit,
+            Err(busy) => {
+                let wait = match busy {
+                    Busy::Connections => BUSY_CONNECTIONS_WAIT,
+                    Busy::Rate => BUSY_RATE_WAIT,
+                };
+                let later = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
+                for i in indices {
+                    entry.recipients[i].next_attempt_at_ms = later;
+                }
+                self.metrics.throttled.inc();
+                tracing::info!(
+                    domain,
+                    ?busy,
+                    wait_secs = wait.as_secs(),
+                    "destination at its limit, waiting"
+                );
+                return;
+            }
+        };
+        self.deliver_remote_with(entry, domain, spooled, indices, now, expiry)
+            .await;
+        self.limits.release(permit).await;
+    }
+
+    async fn deliver_remote_with(
+        &self,
+        entry: &mut QueueEntry,
+        domain: &str,
+        spooled: &[u8],
+        indices: Vec<usize>,
+        now: i64,
+        expiry: i64,
+    ) {
         let addresses: Vec<String> = indices
             .iter()
             .map(|i| entry.recipients[*i].address.clone())

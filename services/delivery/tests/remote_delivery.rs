@@ -322,3 +322,26 @@ async fn no_dkim_key_means_unsigned() {
     node.wait_empty_queue().await;
     assert_eq!(peer.messages()[0].data, MESSAGE);
 }
+
+/// `delivery.max_connections_per_domain = 1`: two workers with four
+/// messages to one slow domain never hold two connections to it at once,
+/// and every message is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_domain_are_limited_across_workers() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(14), port, Mode::SlowAccept(300), None).await;
+    let dns = DnsServer::start([Zone::new("busy.test").mx("@", 10, "mx").a("mx", ipv4(14))]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.workers = 4;
+        c.delivery.max_connections_per_domain = 1;
+    })
+    .await;
+    for i in 0..4 {
+        let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+        node.send("alice@example.com", &["nia@busy.test"], message.as_bytes())
+            .await;
+    }
+    node.wait_empty_queue().await;
+    assert_eq!(peer.messages().len(), 4);
+    assert_eq!(peer.max_concurrent(), 1);
+}

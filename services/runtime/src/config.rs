@@ -246,6 +246,12 @@ pub struct Delivery {
     pub max_queue_lifetime: String,
     /// TCP port of remote MX servers: 25, another one in tests.
     pub remote_smtp_port: u16,
+    /// Connections at once to one remote domain, over every worker of the
+    /// cluster (Redis) or of the node; 0: no limit.
+    pub max_connections_per_domain: usize,
+    /// Delivery attempts started per minute to one remote domain, over
+    /// every worker; 0: no limit.
+    pub messages_per_domain_per_minute: u64,
 }
 
 impl Default for Delivery {
@@ -258,6 +264,8 @@ impl Default for Delivery {
                 .to_vec(),
             max_queue_lifetime: "5d".into(),
             remote_smtp_port: 25,
+            max_connections_per_domain: 10,
+            messages_per_domain_per_minute: 0,
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum Mode {
     DeferAlways,
     /// `550 5.1.1`.
     Refuse,
+    /// Accept, but take this many milliseconds to answer the final dot.
+    SlowAccept(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ struct State {
     rcpt_seen: usize,
     messages: Vec<Received>,
     connections: usize,
+    active: usize,
+    max_active: usize,
 }
 
 pub struct Peer {
@@ -70,8 +74,14 @@ impl Peer {
                 let state = shared.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    state.lock().unwrap().connections += 1;
-                    let _ = session(stream, mode, tls, state).await;
+                    {
+                        let mut s = state.lock().unwrap();
+                        s.connections += 1;
+                        s.active += 1;
+                        s.max_active = s.max_active.max(s.active);
+                    }
+                    let _ = session(stream, mode, tls, state.clone()).await;
+                    state.lock().unwrap().active -= 1;
                 });
             }
         });
@@ -84,6 +94,11 @@ impl Peer {
 
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
+    }
+
+    /// The most sessions that were open at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_active
     }
 }
 
@@ -166,6 +181,9 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 conn.get_mut().write_all(b"354 go ahead\r\n").await?;
                 let data = read_data(conn).await?;
+                if let Mode::SlowAccept(ms) = mode {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
                 state.lock().unwrap().messages.push(Received {
                     mail_from: mail_from.clone(),
                     recipients: std::mem::take(&mut recipients),
