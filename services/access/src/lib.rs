@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use mailfleet_proto::queue::MailboxEvent;
 use mailfleet_runtime::backend::{self, Events};
-use mailfleet_runtime::config::Listen;
+use mailfleet_runtime::config::{Cidr, Listen};
+use mailfleet_runtime::tls::TlsProvider;
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -66,6 +67,60 @@ pub struct Shared {
     pub events: Arc<dyn Events>,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// The certificate for STARTTLS/STLS and implicit TLS; `None` offers
+    /// no TLS (session tests).
+    pub tls: Option<Arc<TlsProvider>>,
+    /// `access.trusted_networks`: plain-text passwords are accepted from
+    /// there (and from loopback) without TLS.
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl Shared {
+    /// RFC 9051 §6.2.3 / RFC 2595 §2.1: passwords only over TLS, except
+    /// from loopback and trusted networks.
+    pub fn plaintext_auth_allowed(&self, connection: &Connection) -> bool {
+        connection.tls
+            || connection.remote_ip.is_loopback()
+            || self
+                .trusted_networks
+                .iter()
+                .any(|net| net.contains(connection.remote_ip))
+    }
+}
+
+/// What a session knows of its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub remote_ip: IpAddr,
+    /// TLS is active (implicit TLS, or after STARTTLS/STLS).
+    pub tls: bool,
+}
+
+impl Connection {
+    /// A plain-text connection from loopback.
+    pub fn local() -> Self {
+        Connection {
+            remote_ip: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            tls: false,
+        }
+    }
+}
+
+/// How long a client gets to finish a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The server side of a TLS handshake on `stream`, bounded in time.
+pub(crate) async fn tls_handshake<S>(
+    tls: &TlsProvider,
+    stream: S,
+) -> std::io::Result<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Serves IMAP on `listen.imap` and POP3 on `listen.pop3` until `shutdown`
@@ -75,6 +130,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     ctx.readiness.register(READINESS);
     let metrics = Metrics::new();
     metrics.register(&mut ctx.metrics.lock().expect("metrics lock"));
+    let tls = ctx.tls().await?;
+    tls.watch(Duration::from_secs(30), shutdown.clone());
     let shared = Arc::new(Shared {
         store: Arc::new(GrpcMailAccess::new(&ctx.config.services.mailstore_url)?),
         events: Arc::new(ContextEvents(ctx.clone())),
@@ -85,16 +142,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
                 .unwrap_or(usize::MAX),
             ..Limits::default()
         },
+        tls: Some(tls),
+        trusted_networks: Cidr::parse_list(&ctx.config.access.trusted_networks),
     });
 
     let imap = bind(&ctx.config.listen.imap, "imap").await?;
+    let imaps = bind(&ctx.config.listen.imaps, "imaps").await?;
     let pop3 = bind(&ctx.config.listen.pop3, "pop3").await?;
+    let pop3s = bind(&ctx.config.listen.pop3s, "pop3s").await?;
     ctx.readiness.set(READINESS, true);
 
     let tracker = TaskTracker::new();
     tokio::join!(
-        accept_loop(imap, Protocol::Imap, &shared, &tracker, &shutdown),
-        accept_loop(pop3, Protocol::Pop3, &shared, &tracker, &shutdown),
+        accept_loop(imap, Protocol::Imap, false, &shared, &tracker, &shutdown),
+        accept_loop(imaps, Protocol::Imap, true, &shared, &tracker, &shutdown),
+        accept_loop(pop3, Protocol::Pop3, false, &shared, &tracker, &shutdown),
+        accept_loop(pop3s, Protocol::Pop3, true, &shared, &tracker, &shutdown),
     );
     ctx.readiness.set(READINESS, false);
 
@@ -132,6 +195,7 @@ async fn bind(value: &str, name: &str) -> Result<Option<TcpListener>, BoxError> 
 async fn accept_loop(
     listener: Option<TcpListener>,
     protocol: Protocol,
+    implicit_tls: bool,
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -150,6 +214,7 @@ async fn accept_loop(
                     stream,
                     peer.ip(),
                     protocol,
+                    implicit_tls,
                     shared.clone(),
                     shutdown.clone(),
                 ));
@@ -169,21 +234,57 @@ async fn serve_connection(
     stream: TcpStream,
     remote_ip: IpAddr,
     protocol: Protocol,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let session_id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-    match protocol {
+    let span = match protocol {
         Protocol::Imap => {
-            let span = info_span!("imap_session", session_id, remote_ip = %remote_ip);
-            imap::serve(stream, shared, shutdown).instrument(span).await
+            info_span!("imap_session", session_id, remote_ip = %remote_ip, implicit_tls)
         }
         Protocol::Pop3 => {
-            let span = info_span!("pop3_session", session_id, remote_ip = %remote_ip);
-            pop3::serve(stream, shared, shutdown).instrument(span).await
+            info_span!("pop3_session", session_id, remote_ip = %remote_ip, implicit_tls)
+        }
+    };
+    async move {
+        let connection = Connection {
+            remote_ip,
+            tls: implicit_tls,
+        };
+        if !implicit_tls {
+            return match protocol {
+                Protocol::Imap => {
+                    imap::session::serve_connection(stream, shared, shutdown, connection).await
+                }
+                Protocol::Pop3 => {
+                    pop3::session::serve_connection(stream, shared, shutdown, connection).await
+                }
+            };
+        }
+        // RFC 8314 §3.3: implicit TLS, the handshake before any greeting.
+        let Some(tls) = shared.tls.clone() else {
+            return;
+        };
+        let stream = match tls_handshake(&tls, stream).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                info!(%error, "tls handshake failed");
+                return;
+            }
+        };
+        match protocol {
+            Protocol::Imap => {
+                imap::session::serve_connection(stream, shared, shutdown, connection).await
+            }
+            Protocol::Pop3 => {
+                pop3::session::serve_connection(stream, shared, shutdown, connection).await
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 /// [`Events`] through the context, opened on first subscription: a session

@@ -522,3 +522,36 @@ async fn two_sessions_idle_sees_new_mail_and_expunge() {
         ]
     );
 }
+
+/// RFC 9051 §6.2.3: off loopback and without TLS, LOGINDISABLED is
+/// advertised and LOGIN/AUTHENTICATE refused with PRIVACYREQUIRED.
+#[tokio::test]
+async fn logindisabled_off_loopback_without_tls() {
+    let store = MemoryStore::new();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(imap::session::serve_connection(
+        server,
+        support::shared(&store),
+        CancellationToken::new(),
+        mailfleet_access::Connection {
+            remote_ip: "192.0.2.7".parse().unwrap(),
+            tls: false,
+        },
+    ));
+    let mut c = Client::new(client);
+    let greeting = c.expect_line().await;
+    assert!(greeting.contains(" LOGINDISABLED]"), "{greeting}");
+    assert!(!greeting.contains("AUTH=PLAIN"), "{greeting}");
+    let lines = c.imap("l1", &format!("LOGIN {USER} \"{PASSWORD}\"")).await;
+    assert_eq!(lines, ["l1 NO [PRIVACYREQUIRED] use STARTTLS first"]);
+    let lines = c
+        .imap(
+            "l2",
+            &format!("AUTHENTICATE PLAIN {}", plain("", USER, PASSWORD)),
+        )
+        .await;
+    assert_eq!(lines, ["l2 NO [PRIVACYREQUIRED] use STARTTLS first"]);
+    // No certificate in this test: STARTTLS is not offered.
+    let lines = c.imap("l3", "STARTTLS").await;
+    assert_eq!(lines, ["l3 NO [UNAVAILABLE] TLS is not available"]);
+}

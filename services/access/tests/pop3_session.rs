@@ -181,3 +181,58 @@ async fn idle_timeout_closes() {
     assert!(line.starts_with("-ERR autologout"), "{line}");
     h.session.await.unwrap();
 }
+
+#[tokio::test]
+async fn auth_plain_inline_and_with_continuation() {
+    let mut h = start().await;
+    // base64("\0alice@example.com\0secret pw")
+    let response = "AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldCBwdw==";
+    assert_eq!(
+        h.client.pop3("AUTH CRAM-MD5").await,
+        "-ERR unsupported mechanism"
+    );
+    assert_eq!(h.client.pop3("AUTH PLAIN").await, "+ ");
+    assert_eq!(h.client.pop3("*").await, "-ERR authentication cancelled");
+    assert_eq!(h.client.pop3("AUTH PLAIN !!").await, "-ERR invalid base64");
+    assert_eq!(h.client.pop3("AUTH PLAIN").await, "+ ");
+    assert_eq!(
+        h.client.pop3(response).await,
+        "+OK maildrop has 2 messages (80 octets)"
+    );
+    assert_eq!(
+        h.client.pop3("AUTH PLAIN =").await,
+        "-ERR already authenticated"
+    );
+    // STLS without a certificate, and not after login.
+    assert_eq!(
+        h.client.pop3("STLS").await,
+        "-ERR STLS only before authentication"
+    );
+}
+
+/// RFC 2595 §4: from a non-loopback address without TLS, USER/PASS and
+/// AUTH are refused and not advertised.
+#[tokio::test]
+async fn plain_text_login_is_refused_off_loopback_without_tls() {
+    let store = MemoryStore::new();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(pop3::session::serve_connection(
+        server,
+        support::shared(&store),
+        CancellationToken::new(),
+        mailfleet_access::Connection {
+            remote_ip: "192.0.2.7".parse().unwrap(),
+            tls: false,
+        },
+    ));
+    let mut c = Client::new(client);
+    c.expect_line().await;
+    let (_, caps) = c.pop3_multi("CAPA").await;
+    assert!(
+        !caps.iter().any(|c| c == "USER" || c.starts_with("SASL")),
+        "{caps:?}"
+    );
+    assert_eq!(c.pop3(&format!("USER {USER}")).await, "-ERR use STLS first");
+    assert_eq!(c.pop3("AUTH PLAIN =").await, "-ERR use STLS first");
+    assert_eq!(c.pop3("STLS").await, "-ERR TLS is not available");
+}

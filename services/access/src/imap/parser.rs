@@ -26,6 +26,8 @@ pub enum CommandBody {
     Capability,
     Noop,
     Logout,
+    /// RFC 9051 §6.2.1
+    StartTls,
     /// RFC 9051 §6.2.2; `initial` is the SASL-IR initial response (RFC 4959).
     Authenticate {
         mechanism: String,
@@ -145,6 +147,7 @@ impl CommandBody {
             CommandBody::Capability => "CAPABILITY",
             CommandBody::Noop => "NOOP",
             CommandBody::Logout => "LOGOUT",
+            CommandBody::StartTls => "STARTTLS",
             CommandBody::Authenticate { .. } => "AUTHENTICATE",
             CommandBody::Login { .. } => "LOGIN",
             CommandBody::Enable { .. } => "ENABLE",
@@ -566,6 +569,7 @@ fn parse_body(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
         b"CHECK" => CommandBody::Check,
         b"IDLE" => CommandBody::Idle,
         b"NAMESPACE" => CommandBody::Namespace,
+        b"STARTTLS" => CommandBody::StartTls,
         b"LOGIN" => {
             c.space()?;
             let user = c.astring_utf8()?;

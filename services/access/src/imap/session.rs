@@ -25,15 +25,15 @@ use super::parser::{
 };
 use super::response::{self, Reply, Status, flag_list, internal_date, untagged};
 use super::search::{self, Candidate};
-use crate::Shared;
 use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode, MessageInfo};
+use crate::{Connection, Shared};
 
 /// RFC 9051 §7.2.2 capabilities.
 // IMAP4rev2 is not advertised yet: RFC 9051 also requires things this server
 // does not do (e.g. the rev2 forms of LIST and STATUS responses after
 // ENABLE IMAP4rev2, UTF-8 mailbox names); a rev2 client would rely on them.
-pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ID ENABLE IDLE NAMESPACE \
+pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE \
      UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE \
      CONDSTORE ESEARCH QUOTA QUOTA=RES-STORAGE BINARY";
 
@@ -44,9 +44,23 @@ pub const DELIMITER: char = '/';
 const SYSTEM_FLAGS: &str = r"\Answered \Flagged \Deleted \Seen \Draft";
 
 /// Serves one IMAP connection until LOGOUT, disconnect, idle timeout or
-/// shutdown.
+/// shutdown, as if from loopback without TLS (session tests).
 pub async fn serve<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken)
 where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    serve_connection(stream, shared, shutdown, Connection::local()).await
+}
+
+/// Serves one IMAP connection; after STARTTLS (RFC 9051 §6.2.1) the same
+/// session goes on over TLS, anything the client pipelined in plain text
+/// after the command being dropped with the read buffer.
+pub async fn serve_connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    connection: Connection,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let _guard = shared.metrics.session("imap");
@@ -55,13 +69,45 @@ where
         reader: BufReader::new(reader),
         writer: BufWriter::new(writer),
     };
-    let mut session = Session::new(shared);
+    let mut session = Session::new(shared.clone(), connection);
     debug!("imap session started");
     match session.run(&mut io, &shutdown).await {
-        Ok(()) => debug!("imap session ended"),
+        Ok(Outcome::Closed) => debug!("imap session ended"),
+        Ok(Outcome::StartTls) => {
+            let stream = io.reader.into_inner().unsplit(io.writer.into_inner());
+            let Some(tls) = shared.tls.as_ref() else {
+                return;
+            };
+            let stream = match crate::tls_handshake(tls, stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    info!(%error, "imap starttls handshake failed");
+                    return;
+                }
+            };
+            session.connection.tls = true;
+            let (reader, writer) = tokio::io::split(stream);
+            let mut io = Io {
+                reader: BufReader::new(reader),
+                writer: BufWriter::new(writer),
+            };
+            if let Err(error) = session.run(&mut io, &shutdown).await {
+                debug!(%error, "imap session ended by i/o error");
+            }
+            let _ = io.writer.shutdown().await;
+            return;
+        }
         Err(error) => debug!(%error, "imap session ended by i/o error"),
     }
     let _ = io.writer.shutdown().await;
+}
+
+/// How [`Session::run`] ended.
+enum Outcome {
+    Closed,
+    /// STARTTLS was accepted: the caller does the handshake and runs the
+    /// session again over TLS.
+    StartTls,
 }
 
 struct Io<S> {
@@ -122,10 +168,12 @@ struct Session {
     condstore: bool,
     /// The tag of the command being handled (RFC 4731 ESEARCH repeats it).
     tag: String,
+    connection: Connection,
+    greeted: bool,
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, connection: Connection) -> Self {
         Session {
             shared,
             state: State::NotAuthenticated,
@@ -133,24 +181,47 @@ impl Session {
             dirty: false,
             condstore: false,
             tag: String::new(),
+            connection,
+            greeted: false,
         }
+    }
+
+    /// RFC 9051 §7.2.2 with RFC 9051 §6.2.1/§7.1: STARTTLS while it can be
+    /// used, LOGINDISABLED and no AUTH=PLAIN while plain text passwords are
+    /// refused.
+    fn capabilities(&self) -> String {
+        let mut out = CAPABILITIES.to_owned();
+        if self.shared.tls.is_some() && !self.connection.tls {
+            out.push_str(" STARTTLS");
+        }
+        if self.shared.plaintext_auth_allowed(&self.connection) {
+            out.push_str(" AUTH=PLAIN");
+        } else {
+            out.push_str(" LOGINDISABLED");
+        }
+        out
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Io<S>,
         shutdown: &CancellationToken,
-    ) -> std::io::Result<()> {
-        // RFC 9051 §7.1.1: the greeting may carry the capabilities.
-        let greeting = format!(
-            "* OK [CAPABILITY {CAPABILITIES}] {} Mailfleet IMAP ready\r\n",
-            self.shared.limits.hostname
-        );
-        io.send(greeting.as_bytes()).await?;
+    ) -> std::io::Result<Outcome> {
+        if !self.greeted {
+            // RFC 9051 §7.1.1: the greeting may carry the capabilities.
+            let greeting = format!(
+                "* OK [CAPABILITY {}] {} Mailfleet IMAP ready\r\n",
+                self.capabilities(),
+                self.shared.limits.hostname
+            );
+            io.send(greeting.as_bytes()).await?;
+            self.greeted = true;
+        }
+        let closed = Ok(Outcome::Closed);
         let mut buf = Vec::new();
         loop {
             if matches!(self.state, State::Logout) {
-                return Ok(());
+                return closed;
             }
             let timeout = self.shared.limits.imap_idle_timeout;
             let wake = tokio::select! {
@@ -161,17 +232,19 @@ impl Session {
             };
             let input = match wake {
                 Wake::Shutdown => {
-                    return io.send(b"* BYE server shutting down\r\n").await;
+                    io.send(b"* BYE server shutting down\r\n").await?;
+                    return closed;
                 }
                 Wake::Timeout => {
                     // RFC 9051 §5.4: autologout timer.
                     info!("imap autologout after idle timeout");
-                    return io.send(b"* BYE autologout; idle for too long\r\n").await;
+                    io.send(b"* BYE autologout; idle for too long\r\n").await?;
+                    return closed;
                 }
                 Wake::Input(input) => input?,
             };
             let command = match input {
-                Input::Eof => return Ok(()),
+                Input::Eof => return closed,
                 Input::TooLong(tag) => {
                     self.shared.metrics.command("imap", "invalid");
                     let tag = tag.unwrap_or_else(|| "*".into());
@@ -186,7 +259,8 @@ impl Session {
                         response::tagged(&tag, Status::Bad, Some("TOOBIG"), "literal too large");
                     io.send(&line).await?;
                     if close {
-                        return io.send(b"* BYE literal too large\r\n").await;
+                        io.send(b"* BYE literal too large\r\n").await?;
+                        return closed;
                     }
                     continue;
                 }
@@ -207,7 +281,15 @@ impl Session {
             debug!(command = command.body.name(), "imap command");
             if command.body == CommandBody::Idle {
                 if !self.idle(io, &command.tag, shutdown).await? {
-                    return Ok(());
+                    return closed;
+                }
+                continue;
+            }
+            if command.body == CommandBody::StartTls {
+                let reply = self.starttls();
+                io.send(&reply.tagged_line(&command.tag)).await?;
+                if reply.status == Status::Ok {
+                    return Ok(Outcome::StartTls);
                 }
                 continue;
             }
@@ -224,7 +306,7 @@ impl Session {
             }
             io.send(&reply.tagged_line(&command.tag)).await?;
             if reply.close {
-                return Ok(());
+                return closed;
             }
         }
     }
@@ -243,7 +325,9 @@ impl Session {
             CommandBody::Logout => self.logout(),
             CommandBody::Login { user, password } => self.login(&user, &password).await,
             // Handled by the loop itself, which owns the stream.
-            CommandBody::Authenticate { .. } | CommandBody::Idle => Reply::bad("unexpected"),
+            CommandBody::Authenticate { .. } | CommandBody::Idle | CommandBody::StartTls => {
+                Reply::bad("unexpected")
+            }
             CommandBody::Enable { capabilities } => self.enable(&capabilities),
             CommandBody::Id { parameters } => self.id(&parameters),
             CommandBody::Namespace => self.namespace(),
@@ -308,8 +392,24 @@ impl Session {
 
     /// RFC 9051 §6.1.1
     fn capability(&self) -> Reply {
-        Reply::ok("CAPABILITY completed")
-            .untagged(vec![untagged(&format!("CAPABILITY {CAPABILITIES}"))])
+        Reply::ok("CAPABILITY completed").untagged(vec![untagged(&format!(
+            "CAPABILITY {}",
+            self.capabilities()
+        ))])
+    }
+
+    /// RFC 9051 §6.2.1 STARTTLS: only before authentication, only once.
+    fn starttls(&self) -> Reply {
+        if self.connection.tls {
+            return Reply::bad("TLS is already active");
+        }
+        if !matches!(self.state, State::NotAuthenticated) {
+            return Reply::bad("STARTTLS only before authentication");
+        }
+        if self.shared.tls.is_none() {
+            return Reply::no("TLS is not available").code("UNAVAILABLE");
+        }
+        Reply::ok("begin TLS negotiation now")
     }
 
     /// RFC 9051 §6.1.2: NOOP (and CHECK) report mailbox changes, including
@@ -332,6 +432,10 @@ impl Session {
         if !matches!(self.state, State::NotAuthenticated) {
             return Reply::bad("already authenticated");
         }
+        if !self.shared.plaintext_auth_allowed(&self.connection) {
+            // RFC 9051 §6.2.3 / RFC 5530
+            return Reply::no("use STARTTLS first").code("PRIVACYREQUIRED");
+        }
         self.check_credentials(user, password, "LOGIN").await
     }
 
@@ -344,7 +448,8 @@ impl Session {
                 info!(%account, "imap login");
                 self.subscribe(&account).await;
                 self.state = State::Authenticated { account };
-                Reply::ok(format!("{verb} completed")).code(format!("CAPABILITY {CAPABILITIES}"))
+                Reply::ok(format!("{verb} completed"))
+                    .code(format!("CAPABILITY {}", self.capabilities()))
             }
             Ok(None) => {
                 self.shared.metrics.login("imap", false);
@@ -371,6 +476,9 @@ impl Session {
         }
         if mechanism != "PLAIN" {
             return Ok(Reply::no("unsupported mechanism").code("CANNOT"));
+        }
+        if !self.shared.plaintext_auth_allowed(&self.connection) {
+            return Ok(Reply::no("use STARTTLS first").code("PRIVACYREQUIRED"));
         }
         let response = match initial {
             Some(initial) => initial.into_bytes(),

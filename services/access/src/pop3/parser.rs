@@ -21,6 +21,13 @@ pub enum Command {
     Rset,
     Noop,
     Quit,
+    /// RFC 2595 §4
+    Stls,
+    /// RFC 5034: `AUTH mechanism [initial-response]`.
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 impl Command {
@@ -39,6 +46,8 @@ impl Command {
             Command::Rset => "RSET",
             Command::Noop => "NOOP",
             Command::Quit => "QUIT",
+            Command::Stls => "STLS",
+            Command::Auth { .. } => "AUTH",
         }
     }
 }
@@ -77,6 +86,18 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "RSET" => none(&args, Command::Rset)?,
         "NOOP" => none(&args, Command::Noop)?,
         "QUIT" => none(&args, Command::Quit)?,
+        "STLS" => none(&args, Command::Stls)?,
+        "AUTH" => match args.as_slice() {
+            [mechanism] => Command::Auth {
+                mechanism: mechanism.to_ascii_uppercase(),
+                initial: None,
+            },
+            [mechanism, initial] => Command::Auth {
+                mechanism: mechanism.to_ascii_uppercase(),
+                initial: Some((*initial).to_owned()),
+            },
+            _ => return Err(ParseError::Syntax("AUTH takes a mechanism")),
+        },
         "USER" => match args.as_slice() {
             [user] => Command::User((*user).to_owned()),
             _ => return Err(ParseError::Syntax("USER takes one argument")),

@@ -11,17 +11,17 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tracing::{debug, info, warn};
 
 use super::parser::{self, Command, MAX_LINE_BYTES, ParseError};
-use crate::Shared;
 use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode};
+use crate::{Connection, Shared};
 
 /// The mailbox POP3 reads.
 pub const MAILBOX: &str = "INBOX";
 
-/// RFC 2449 §5 capabilities.
+/// RFC 2449 §5 capabilities (USER, SASL and STLS are added when they
+/// apply).
 const CAPABILITIES: &[&str] = &[
     "TOP",
-    "USER",
     "UIDL",
     "RESP-CODES",
     "AUTH-RESP-CODE",
@@ -30,9 +30,22 @@ const CAPABILITIES: &[&str] = &[
 ];
 
 /// Serves one POP3 connection until QUIT, disconnect, idle timeout or
-/// shutdown.
+/// shutdown, as if from loopback without TLS (session tests).
 pub async fn serve<S>(stream: S, shared: Arc<Shared>, shutdown: CancellationToken)
 where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    serve_connection(stream, shared, shutdown, Connection::local()).await
+}
+
+/// Serves one POP3 connection; after STLS (RFC 2595 §4) the session goes
+/// on over TLS in the AUTHORIZATION state, pipelined plain text dropped.
+pub async fn serve_connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    connection: Connection,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let _guard = shared.metrics.session("pop3");
@@ -40,15 +53,45 @@ where
     let mut reader = BufReader::new(reader);
     let mut writer = BufWriter::new(writer);
     let mut session = Session {
-        shared,
+        shared: shared.clone(),
         state: State::Authorization { user: None },
+        connection,
+        greeted: false,
     };
     debug!("pop3 session started");
     match session.run(&mut reader, &mut writer, &shutdown).await {
-        Ok(()) => debug!("pop3 session ended"),
+        Ok(Outcome::Closed) => debug!("pop3 session ended"),
+        Ok(Outcome::StartTls) => {
+            let stream = reader.into_inner().unsplit(writer.into_inner());
+            let Some(tls) = shared.tls.as_ref() else {
+                return;
+            };
+            let stream = match crate::tls_handshake(tls, stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    info!(%error, "pop3 stls handshake failed");
+                    return;
+                }
+            };
+            session.connection.tls = true;
+            let (reader, writer) = tokio::io::split(stream);
+            let mut reader = BufReader::new(reader);
+            let mut writer = BufWriter::new(writer);
+            if let Err(error) = session.run(&mut reader, &mut writer, &shutdown).await {
+                debug!(%error, "pop3 session ended by i/o error");
+            }
+            let _ = writer.shutdown().await;
+            return;
+        }
         Err(error) => debug!(%error, "pop3 session ended by i/o error"),
     }
     let _ = writer.shutdown().await;
+}
+
+/// How [`Session::run`] ended.
+enum Outcome {
+    Closed,
+    StartTls,
 }
 
 /// RFC 1939 §3: the session states.
@@ -138,6 +181,8 @@ impl Reply {
 struct Session {
     shared: Arc<Shared>,
     state: State,
+    connection: Connection,
+    greeted: bool,
 }
 
 enum Wake {
@@ -152,16 +197,20 @@ impl Session {
         reader: &mut R,
         writer: &mut W,
         shutdown: &CancellationToken,
-    ) -> std::io::Result<()>
+    ) -> std::io::Result<Outcome>
     where
         R: tokio::io::AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let greeting = format!(
-            "+OK {} Mailfleet POP3 ready\r\n",
-            self.shared.limits.hostname
-        );
-        send(writer, greeting.as_bytes()).await?;
+        if !self.greeted {
+            let greeting = format!(
+                "+OK {} Mailfleet POP3 ready\r\n",
+                self.shared.limits.hostname
+            );
+            send(writer, greeting.as_bytes()).await?;
+            self.greeted = true;
+        }
+        let closed = Ok(Outcome::Closed);
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -175,23 +224,38 @@ impl Session {
             let line = match wake {
                 Wake::Shutdown => {
                     // Not QUIT: no UPDATE state, deletions are forgotten.
-                    return send(writer, b"-ERR server shutting down\r\n").await;
+                    send(writer, b"-ERR server shutting down\r\n").await?;
+                    return closed;
                 }
                 Wake::Timeout => {
                     // RFC 1939 §3: an autologout timer closes the
                     // connection without entering the UPDATE state.
                     info!("pop3 autologout after idle timeout");
-                    return send(writer, b"-ERR autologout; idle for too long\r\n").await;
+                    send(writer, b"-ERR autologout; idle for too long\r\n").await?;
+                    return closed;
                 }
                 Wake::Line(line) => line?,
             };
             let reply = match line {
-                Line::Eof => return Ok(()),
+                Line::Eof => return closed,
                 Line::TooLong => {
                     self.shared.metrics.command("pop3", "invalid");
                     Reply::err("line too long")
                 }
                 Line::Complete => match parser::parse(&buf) {
+                    Ok(Command::Stls) => {
+                        self.shared.metrics.command("pop3", "STLS");
+                        let reply = self.stls();
+                        send(writer, &reply.bytes).await?;
+                        if reply.bytes.starts_with(b"+OK") {
+                            return Ok(Outcome::StartTls);
+                        }
+                        continue;
+                    }
+                    Ok(Command::Auth { mechanism, initial }) => {
+                        self.shared.metrics.command("pop3", "AUTH");
+                        self.auth(reader, writer, &mechanism, initial).await?
+                    }
                     Ok(command) => {
                         self.shared.metrics.command("pop3", command.name());
                         debug!(command = command.name(), "pop3 command");
@@ -208,14 +272,14 @@ impl Session {
             };
             send(writer, &reply.bytes).await?;
             if reply.close {
-                return Ok(());
+                return closed;
             }
         }
     }
 
     async fn handle(&mut self, command: Command) -> Reply {
         match command {
-            Command::Capa => capa(),
+            Command::Capa => self.capa(),
             Command::Noop => match self.state {
                 State::Transaction(_) => Reply::ok(""),
                 _ => Reply::err("not in TRANSACTION state"),
@@ -223,6 +287,8 @@ impl Session {
             Command::Quit => self.quit().await,
             Command::User(user) => self.user(user),
             Command::Pass(password) => self.pass(&password).await,
+            // Handled by the loop, which owns the stream.
+            Command::Stls | Command::Auth { .. } => Reply::err("unexpected"),
             command => {
                 let State::Transaction(maildrop) = &mut self.state else {
                     return Reply::err("not in TRANSACTION state; log in first");
@@ -232,11 +298,108 @@ impl Session {
         }
     }
 
+    /// RFC 2449 §5 CAPA, with RFC 2595 STLS and RFC 5034 SASL.
+    fn capa(&self) -> Reply {
+        let mut body = Vec::new();
+        let mut lines: Vec<&str> = CAPABILITIES.to_vec();
+        if self.shared.plaintext_auth_allowed(&self.connection) {
+            lines.push("USER");
+            lines.push("SASL PLAIN");
+        }
+        if self.shared.tls.is_some() && !self.connection.tls {
+            lines.push("STLS");
+        }
+        for capability in lines {
+            body.extend_from_slice(capability.as_bytes());
+            body.extend_from_slice(b"\r\n");
+        }
+        Reply::multi_line("capability list follows", &body)
+    }
+
+    /// RFC 2595 §4 STLS: only in AUTHORIZATION, only once.
+    fn stls(&self) -> Reply {
+        if self.connection.tls {
+            return Reply::err("TLS is already active");
+        }
+        if !matches!(self.state, State::Authorization { .. }) {
+            return Reply::err("STLS only before authentication");
+        }
+        if self.shared.tls.is_none() {
+            return Reply::err("TLS is not available");
+        }
+        Reply::ok("begin TLS negotiation")
+    }
+
+    /// RFC 5034 AUTH PLAIN (RFC 4616), the initial response inline or after
+    /// a `+ ` continuation; `*` cancels.
+    async fn auth<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> std::io::Result<Reply>
+    where
+        R: tokio::io::AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if !matches!(self.state, State::Authorization { .. }) {
+            return Ok(Reply::err("already authenticated"));
+        }
+        if mechanism != "PLAIN" {
+            return Ok(Reply::err("unsupported mechanism"));
+        }
+        if !self.shared.plaintext_auth_allowed(&self.connection) {
+            return Ok(Reply::err("use STLS first"));
+        }
+        let response = match initial {
+            Some(initial) => initial.into_bytes(),
+            None => {
+                send(writer, b"+ \r\n").await?;
+                let mut line = Vec::new();
+                match read_line(reader, &mut line, 4096).await? {
+                    Line::Complete => line,
+                    Line::TooLong => return Ok(Reply::err("response too long")),
+                    Line::Eof => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+        };
+        if response == b"*" {
+            return Ok(Reply::err("authentication cancelled"));
+        }
+        let decoded = if response == b"=" {
+            Some(Vec::new())
+        } else {
+            crate::base64::decode(&response)
+        };
+        let Some(decoded) = decoded else {
+            return Ok(Reply::err("invalid base64"));
+        };
+        let fields: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+        let [authzid, user, password] = fields.as_slice() else {
+            return Ok(Reply::err("malformed PLAIN response"));
+        };
+        let (Ok(authzid), Ok(user), Ok(password)) = (
+            std::str::from_utf8(authzid),
+            std::str::from_utf8(user),
+            std::str::from_utf8(password),
+        ) else {
+            return Ok(Reply::err("PLAIN response is not UTF-8"));
+        };
+        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
+            return Ok(Reply::err("[AUTH] cannot act as another user"));
+        }
+        Ok(self.login(user, password).await)
+    }
+
     /// RFC 1939 §7 USER
     fn user(&mut self, name: String) -> Reply {
         let State::Authorization { user } = &mut self.state else {
             return Reply::err("already authenticated");
         };
+        if !self.shared.plaintext_auth_allowed(&self.connection) {
+            return Reply::err("use STLS first");
+        }
         *user = Some(name);
         Reply::ok("send PASS")
     }
@@ -250,8 +413,14 @@ impl Session {
         let Some(name) = user.take() else {
             return Reply::err("send USER first");
         };
+        self.login(&name, password).await
+    }
+
+    /// Checks the credentials and, when right, lists the maildrop and enters
+    /// the TRANSACTION state.
+    async fn login(&mut self, name: &str, password: &str) -> Reply {
         let store = &self.shared.store;
-        let account = match store.authenticate(&name, password).await {
+        let account = match store.authenticate(name, password).await {
             Ok(Some(account)) => account,
             Ok(None) => {
                 self.shared.metrics.login("pop3", false);
@@ -315,16 +484,6 @@ impl Session {
             }
         }
     }
-}
-
-/// RFC 2449 §5 CAPA
-fn capa() -> Reply {
-    let mut body = Vec::new();
-    for capability in CAPABILITIES {
-        body.extend_from_slice(capability.as_bytes());
-        body.extend_from_slice(b"\r\n");
-    }
-    Reply::multi_line("capability list follows", &body)
 }
 
 /// The commands of the TRANSACTION state (RFC 1939 §5, §7).
@@ -404,9 +563,13 @@ async fn transaction(shared: &Shared, maildrop: &mut Maildrop, command: Command)
             let (count, size) = maildrop.summary();
             Reply::ok(format!("maildrop has {count} messages ({size} octets)"))
         }
-        Command::Capa | Command::User(_) | Command::Pass(_) | Command::Noop | Command::Quit => {
-            Reply::err("unexpected command")
-        }
+        Command::Capa
+        | Command::User(_)
+        | Command::Pass(_)
+        | Command::Noop
+        | Command::Quit
+        | Command::Stls
+        | Command::Auth { .. } => Reply::err("unexpected command"),
     }
 }
 

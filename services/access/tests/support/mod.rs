@@ -478,6 +478,8 @@ pub fn shared(store: &Arc<MemoryStore>) -> Arc<Shared> {
         events: store.clone(),
         metrics: Metrics::new(),
         limits: Limits::default(),
+        tls: None,
+        trusted_networks: Vec::new(),
     })
 }
 
