@@ -140,6 +140,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         tls: Some(tls),
         auth_blocklist: Arc::default(),
         connections: Arc::default(),
+        session_permits: Some(Arc::new(Semaphore::new(
+            SessionConfig::from_config(&ctx.config).max_connections(),
+        ))),
     };
     let mut listeners = Vec::new();
     for (addr, mode) in addrs {
@@ -186,7 +189,10 @@ pub async fn serve_listener(
 ) {
     let sessions = TaskTracker::new();
     // mini-redis: a semaphore caps concurrent sessions.
-    let permits = Arc::new(Semaphore::new(config.max_connections()));
+    let permits = services
+        .session_permits
+        .clone()
+        .unwrap_or_else(|| Arc::new(Semaphore::new(config.max_connections())));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

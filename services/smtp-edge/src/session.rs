@@ -269,6 +269,9 @@ pub struct Services {
     pub auth_blocklist: Arc<AuthBlocklist>,
     /// Open sessions per client IP, shared by every listener.
     pub connections: Arc<crate::ConnectionsPerIp>,
+    /// `smtp.max_connections` shared by every listener of the process;
+    /// `None`: each [`crate::serve_listener`] has its own.
+    pub session_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// BDAT chunks received so far (RFC 3030).

@@ -130,6 +130,7 @@ pub fn services(acceptor: Arc<TestAcceptor>) -> Services {
         tls: None,
         auth_blocklist: Arc::default(),
         connections: Arc::default(),
+        session_permits: None,
     }
 }
 
