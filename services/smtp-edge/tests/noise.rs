@@ -120,11 +120,11 @@ async fn random_dialogs_never_panic_and_always_end() {
         let mut dialog = Vec::new();
         for _ in 0..(rng.next() % 14) {
             let piece = rng.pick(PIECES).as_bytes();
-            if rng.next() % 8 == 0 {
+            if rng.next().is_multiple_of(8) {
                 // Cut a piece short, or mangle one byte.
                 let cut = (rng.next() as usize) % (piece.len() + 1);
                 dialog.extend_from_slice(&piece[..cut]);
-            } else if rng.next() % 8 == 0 && !piece.is_empty() {
+            } else if rng.next().is_multiple_of(8) && !piece.is_empty() {
                 let mut piece = piece.to_vec();
                 let i = (rng.next() as usize) % piece.len();
                 piece[i] = rng.next() as u8;
