@@ -198,3 +198,43 @@ def test_submission_as_an_alias_with_the_real_directory(single_node):
         code, text = s.mail("sales@example.test")
         assert (code, text[:5]) == (553, b"5.7.1"), (code, text)
     wait_for_messages(single_node, BOB, BOB_PW, 1)
+
+
+def test_proxy_protocol_from_a_trusted_balancer_and_bdat(tmp_path):
+    """A load balancer on loopback sends PROXY v1 and v2; the message, sent
+    with BDAT, carries the real client's address in Received:."""
+    from conftest import SingleNode
+    import struct
+
+    node = SingleNode(tmp_path / "data")
+    node.start(extra_env={"MAILFLEET__SMTP__PROXY_TRUSTED_NETWORKS": '["127.0.0.0/8"]'})
+    try:
+        node.add_user(ALICE, ALICE_PW)
+        v2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+              + socket.inet_aton("198.51.100.23") + socket.inet_aton("127.0.0.1")
+              + struct.pack("!HH", 40000, 25))
+        for header, ip in [(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n", "203.0.113.9"),
+                           (v2, "198.51.100.23")]:
+            with socket.create_connection((node.host, node.ports["smtp"]), timeout=30) as s:
+                s.sendall(header)
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"220 ")
+                body = f"Subject: via {ip}\r\n\r\nchunked\r\n".encode()
+                s.sendall(b"EHLO balanced.tests\r\nMAIL FROM:<bob@remote.test>\r\n"
+                          + b"RCPT TO:<" + ALICE.encode() + b">\r\n"
+                          + b"BDAT %d LAST\r\n" % len(body) + body + b"QUIT\r\n")
+                replies = [line for line in f.readlines()]
+                assert replies[-2].startswith(b"250 2.0.0 Ok: queued as"), replies
+        # Without a header, a connection from the trusted range is closed.
+        with socket.create_connection((node.host, node.ports["smtp"]), timeout=30) as s:
+            s.sendall(b"EHLO sneaky.tests\r\n")
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        wait_for_messages(node, ALICE, ALICE_PW, 2)
+        received = sorted(" ".join(m.get_all("Received")) for m in imap_fetch_all(node, ALICE, ALICE_PW))
+        assert any("[198.51.100.23]" in r for r in received), received
+        assert any("[203.0.113.9]" in r for r in received), received
+    finally:
+        node.stop()
