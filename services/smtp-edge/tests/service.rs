@@ -173,3 +173,53 @@ async fn connections_over_the_limit_get_421() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Repeated AUTH failures from one IP are answered more and more slowly
+/// (from the fourth on: 1 s, 2 s, ... at most 5 s), then refused.
+#[tokio::test(start_paused = true)]
+async fn auth_failures_are_slowed_then_refused() {
+    let config = SessionConfig {
+        mode: mailfleet_smtp_edge::Mode::Submission,
+        auth_failures_per_ip: 6,
+        ..common::config()
+    };
+    let mut session = session(config, Default::default(), Metrics::default());
+    session.tls_started("TLSv1.3 TEST".into());
+    let (client, server) = tokio::io::duplex(4096);
+    let task = tokio::spawn(serve(server, session, CancellationToken::new()));
+    let mut client = BufReader::new(client);
+    assert!(reply(&mut client).await.starts_with("220 "));
+    client
+        .get_mut()
+        .write_all(b"EHLO m.example\r\n")
+        .await
+        .unwrap();
+    while !reply(&mut client).await.starts_with("250 ") {}
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let start = tokio::time::Instant::now();
+        client
+            .get_mut()
+            .write_all(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHdyb25n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            reply(&mut client).await,
+            "535 5.7.8 authentication credentials invalid"
+        );
+        waits.push(start.elapsed().as_secs());
+    }
+    assert_eq!(waits, [0, 0, 0, 1, 2, 3]);
+    // The right password no longer gets a hearing from this IP.
+    client
+        .get_mut()
+        .write_all(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply(&mut client).await,
+        "454 4.7.0 too many authentication failures, try again later"
+    );
+    assert_eq!(reply(&mut client).await, "221 2.0.0 bye");
+    task.await.unwrap().unwrap();
+}
