@@ -193,6 +193,8 @@ pub struct Smtp {
     /// message) or `reject` (`550 5.6.0`).
     pub bare_lf: String,
     /// Sessions at once from one client IP (0: no limit); more get `421 4.7.0`.
+    /// Behind a load balancer without the PROXY protocol every client shares
+    /// the balancer's addresses: set `proxy_trusted_networks`, or 0.
     pub max_connections_per_ip: usize,
     /// CIDRs whose clients may relay (send to domains that are not ours)
     /// without AUTH. Empty: only authenticated users relay.
