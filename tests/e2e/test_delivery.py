@@ -93,3 +93,215 @@ def test_kill_9_of_a_delivery_worker_loses_and_duplicates_nothing(tmp_path):
         for worker in workers:
             worker.stop()
         node.stop()
+
+
+# --- Remote delivery, DKIM and queue administration against a real DNS
+# server (the testkit's `dns-server`) and an SMTP peer on 127.0.0.2.
+
+import smtplib
+import socketserver
+import ssl
+import threading
+
+from conftest import ROOT
+
+REMOTE_PEER_IP = "127.0.0.2"
+
+
+class Peer(socketserver.ThreadingTCPServer):
+    """An SMTP server that defers (451) or accepts RCPT as the test says,
+    and keeps what it accepted (dot-unstuffed)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port):
+        self.mode = "defer"
+        self.received = []
+        self.lock = threading.Lock()
+        super().__init__((REMOTE_PEER_IP, port), PeerSession)
+
+
+class PeerSession(socketserver.StreamRequestHandler):
+    def reply(self, line):
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self):
+        peer = self.server
+        self.reply("220 peer.remote.test ESMTP")
+        rcpts = []
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.wfile.write(b"250-peer.remote.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                rcpts = []
+                self.reply("250 2.1.0 ok")
+            elif verb == b"RCPT":
+                if peer.mode == "defer":
+                    self.reply("451 4.7.1 come back later")
+                else:
+                    rcpts.append(line)
+                    self.reply("250 2.1.5 ok")
+            elif verb == b"DATA":
+                if not rcpts:
+                    self.reply("554 5.5.1 no valid recipients")
+                    continue
+                self.reply("354 go ahead")
+                data = b""
+                while True:
+                    l = self.rfile.readline()
+                    if l in (b".\r\n", b""):
+                        break
+                    data += l[1:] if l.startswith(b".") else l
+                with peer.lock:
+                    peer.received.append(data)
+                self.reply("250 2.0.0 ok")
+            elif verb == b"QUIT":
+                self.reply("221 bye")
+                return
+            else:
+                self.reply("250 ok")
+
+
+def dns_server_binary():
+    path = ROOT / "target" / "debug" / "examples" / "dns-server"
+    if not path.exists():
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "mailfleet-testkit", "--example", "dns-server"],
+            cwd=ROOT, check=True, timeout=900,
+        )
+    return path
+
+
+class Dns:
+    """The testkit DNS server on a fixed port, restartable with new zones."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.proc = None
+
+    def start(self, zones):
+        self.stop()
+        args = []
+        for origin, text in zones.items():
+            path = self.tmp_path / f"{origin}.zone"
+            path.write_text("$TTL 1\n" + text)
+            args.append(f"{origin}={path}")
+        self.proc = subprocess.Popen(
+            [str(dns_server_binary()), "--addr", f"127.0.0.1:{self.port}", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening "), line
+
+    def stop(self):
+        if self.proc:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def submit(node, subject):
+    """alice -> carol@remote.test over submission, STARTTLS and AUTH."""
+    ctx = ssl.create_default_context(cafile=str(node.data_dir / "tls" / "self-signed.crt"))
+    with smtplib.SMTP(node.host, node.ports["submission"], timeout=30) as s:
+        s.ehlo("mua.tests")
+        s.starttls(context=ctx)
+        s.ehlo("mua.tests")
+        s.login(ALICE, ALICE_PW)
+        refused = s.sendmail(ALICE, ["carol@remote.test"],
+                             f"From: {ALICE}\r\nTo: carol@remote.test\r\nSubject: {subject}\r\n"
+                             f"\r\nline\r\n.\r\nlast\r\n".encode())
+        assert refused == {}
+
+
+def queue_ids(node, *args):
+    out = node.cli("queue", "list", *args).stdout.splitlines()
+    return [line.split()[0] for line in out[:-1]]
+
+
+def test_remote_delivery_by_mx_dkim_and_queue_administration(tmp_path):
+    port = free_port()
+    peer = Peer(port)
+    threading.Thread(target=peer.serve_forever, daemon=True).start()
+    dns = Dns(tmp_path)
+    remote_zone = f"@ IN MX 10 mx.remote.test.\nmx IN A {REMOTE_PEER_IP}\n"
+    dns.start({"remote.test": remote_zone})
+    node = SingleNode(tmp_path / "data")
+    # The CLI reads the same configuration as the server (hostname, DNS).
+    shared = {
+        "MAILFLEET__HOSTNAME": "mx.example.test",
+        "MAILFLEET__DNS__SERVERS": f'["127.0.0.1:{dns.port}"]',
+    }
+    node.start(extra_env={
+        **shared,
+        "MAILFLEET__DELIVERY__REMOTE_SMTP_PORT": str(port),
+        # Deferred entries wait for the operator in this test.
+        "MAILFLEET__DELIVERY__RETRY_INTERVALS": '["1h"]',
+    })
+    cli = node.cli
+    node.cli = lambda *args, **kw: cli(*args, env_extra=shared, **kw)
+    try:
+        node.add_user(ALICE, ALICE_PW)
+        out = node.cli("dkim", "generate", "example.test", "--selector", "s1",
+                       "--algorithm", "ed25519").stdout
+        record = [l for l in out.splitlines() if l.startswith("s1._domainkey.example.test.")][0]
+        assert 'IN TXT "v=DKIM1; k=ed25519; p=' in record
+        records = node.cli("dns", "records", "example.test").stdout
+        assert "example.test. IN MX 10 mx.example.test." in records
+        assert "s1._domainkey.example.test. IN TXT" in records
+        # Publish the key, then `dns check` finds it (and the missing MX).
+        txt = record.split(" IN TXT ", 1)[1]
+        dns.start({"remote.test": remote_zone, "example.test": f"s1._domainkey IN TXT {txt}\n"})
+        check = node.cli("dns", "check", "example.test", check=False)
+        assert check.returncode != 0
+        assert "ok      TXT s1._domainkey.example.test: public key matches" in check.stdout, check.stdout
+        assert "MISSING MX example.test" in check.stdout, check.stdout
+
+        # 1. Deferred by the peer: visible in the queue, then retried by hand.
+        submit(node, "first")
+        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
+        [first] = queue_ids(node, "--domain", "remote.test")
+        assert queue_ids(node, "--domain", "other.test") == []
+        show = node.cli("queue", "show", first).stdout
+        assert "carol@remote.test (remote): pending, 1 attempt(s)" in show, show
+        assert "451 4.7.1 come back later" in show and "next retry +" in show, show
+        peer.mode = "accept"
+        assert "1 entry retried now" in node.cli("queue", "retry", "--domain", "remote.test").stdout
+        wait_until(lambda: peer.received, what="the delivery after the retry")
+        wait_until(lambda: queue_ids(node) == [], what="an empty queue")
+        [data] = peer.received
+        assert data.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;"), data[:200]
+        assert b" d=example.test;" in data and b" s=s1;" in data
+        assert data.endswith(b"\r\nline\r\n.\r\nlast\r\n"), data
+
+        # 2. Bounced by the operator: the sender gets a DSN.
+        peer.mode = "defer"
+        submit(node, "second")
+        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
+        [second] = queue_ids(node)
+        assert "1 entry bounced" in node.cli("queue", "bounce", second).stdout
+        wait_for_messages(node, ALICE, ALICE_PW, 1)
+        [dsn] = imap_fetch_all(node, ALICE, ALICE_PW)
+        assert dsn.get_content_type() == "multipart/report"
+        report = dsn.as_string()
+        assert "Final-Recipient: rfc822; carol@remote.test" in report
+        assert "delivery cancelled by the postmaster" in report
+        wait_until(lambda: queue_ids(node) == [], what="an empty queue")
+
+        # 3. Deleted by the operator: gone, nobody told.
+        submit(node, "third")
+        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
+        [third] = queue_ids(node)
+        assert "1 entry deleted" in node.cli("queue", "delete", third).stdout
+        assert queue_ids(node) == []
+        assert len(peer.received) == 1
+    finally:
+        node.stop()
+        dns.stop()
+        peer.shutdown()

@@ -12,6 +12,7 @@
 //! Protocol pieces are pure and tested on their own: [`reply`] (SMTP reply
 //! parsing), [`wire`] (line endings and dot-stuffing), [`dsn`], [`schedule`].
 
+pub mod admin;
 pub mod client;
 pub mod dkim;
 pub mod dsn;

@@ -63,6 +63,9 @@ pub enum Command {
     /// Aliases, catch-all addresses and quotas.
     #[command(flatten)]
     Directory(crate::cmd_directory::DirectoryCommand),
+    /// The delivery queue.
+    #[command(flatten)]
+    Queue(crate::cmd_queue::QueueCommands),
     /// DKIM keys, and the DNS records a domain needs.
     #[command(flatten)]
     Dns(crate::cmd_dns::DnsCommands),
@@ -115,6 +118,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Directory(command) => crate::cmd_directory::run(&cli.global, command).await,
         Command::Filter { command } => crate::cmd_filter::run(&cli.global, command).await,
         Command::Dns(command) => crate::cmd_dns::run(&cli.global, command).await,
+        Command::Queue(command) => crate::cmd_queue::run(&cli.global, command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),

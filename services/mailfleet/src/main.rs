@@ -8,6 +8,7 @@ mod client;
 mod cmd_directory;
 mod cmd_dns;
 mod cmd_filter;
+mod cmd_queue;
 mod serve;
 mod token;
 

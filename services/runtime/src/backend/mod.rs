@@ -50,6 +50,8 @@ pub enum BackendError {
     BlobNotFound(String),
     #[error("{0}")]
     Other(String),
+    #[error("{0} is not supported by this queue backend")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
@@ -93,6 +95,41 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Entries waiting (due or not), for metrics and readiness.
     async fn depth(&self) -> Result<u64>;
+
+    // Queue administration (`mailfleet queue ...`). A backend that cannot
+    // look inside its queue says so with `BackendError::Unsupported`.
+
+    /// Every entry, oldest first, with when it is due and whether a worker
+    /// holds it now.
+    async fn list(&self) -> Result<Vec<QueuedEntry>> {
+        Err(BackendError::Unsupported("listing the queue"))
+    }
+
+    /// One entry by id.
+    async fn get(&self, _id: &str) -> Result<Option<QueuedEntry>> {
+        Err(BackendError::Unsupported("reading a queue entry"))
+    }
+
+    /// Replaces a waiting entry and makes it due at `due_at_ms`. False when
+    /// the entry is gone or a worker holds it (try again later).
+    async fn update(&self, _entry: &QueueEntry, _due_at_ms: i64) -> Result<bool> {
+        Err(BackendError::Unsupported("changing a queue entry"))
+    }
+
+    /// Removes an entry that no worker holds. False when it is gone or held.
+    async fn remove(&self, _id: &str) -> Result<bool> {
+        Err(BackendError::Unsupported("removing a queue entry"))
+    }
+}
+
+/// A queue entry as the queue administration sees it.
+#[derive(Debug, Clone)]
+pub struct QueuedEntry {
+    pub entry: QueueEntry,
+    /// Unix milliseconds from when it may be taken.
+    pub due_at_ms: i64,
+    /// A worker holds it now.
+    pub leased: bool,
 }
 
 /// Mailbox change events: published by mailstore after each commit, seen by

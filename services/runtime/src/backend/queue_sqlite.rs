@@ -214,6 +214,74 @@ impl Queue for SqliteQueue {
             .try_get("n")?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+
+    async fn list(&self) -> Result<Vec<QueuedEntry>> {
+        let rows =
+            sqlx::query("SELECT id, payload, not_before_ms, lease_until_ms FROM queue ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        let now = now_ms();
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            match queued(&row, now) {
+                Ok(entry) => entries.push(entry),
+                Err(error) => {
+                    let id: String = row.try_get("id").unwrap_or_default();
+                    warn!(queue_id = %id, %error, "corrupt queue entry left out of the listing");
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<QueuedEntry>> {
+        let row = sqlx::query(
+            "SELECT id, payload, not_before_ms, lease_until_ms FROM queue WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| queued(&row, now_ms())).transpose()
+    }
+
+    async fn update(&self, entry: &QueueEntry, due_at_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE queue SET payload = ?1, not_before_ms = ?2
+             WHERE id = ?3 AND (lease_until_ms IS NULL OR lease_until_ms <= ?4)",
+        )
+        .bind(entry.encode_to_vec())
+        .bind(due_at_ms)
+        .bind(&entry.id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if due_at_ms <= now_ms() {
+            self.ready.notify_waiters();
+        }
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM queue
+             WHERE id = ?1 AND (lease_until_ms IS NULL OR lease_until_ms <= ?2)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn queued(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<QueuedEntry> {
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let lease_until: Option<i64> = row.try_get("lease_until_ms")?;
+    Ok(QueuedEntry {
+        entry: QueueEntry::decode(payload.as_slice())?,
+        due_at_ms: row.try_get("not_before_ms")?,
+        leased: lease_until.is_some_and(|until| until > now),
+    })
 }
 
 fn sqlite_lease(leased: &Leased) -> Result<&str> {
@@ -234,4 +302,64 @@ fn now_ms() -> i64 {
 
 fn after_ms(now: i64, later: Duration) -> i64 {
     now.saturating_add(i64::try_from(later.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailfleet_proto::queue::Recipient;
+
+    fn entry(id: &str) -> QueueEntry {
+        QueueEntry {
+            id: id.into(),
+            mail_from: "a@example.test".into(),
+            recipients: vec![Recipient {
+                address: "b@remote.test".into(),
+                ..Recipient::default()
+            }],
+            ..QueueEntry::default()
+        }
+    }
+
+    /// Listing, reading, changing and removing entries; an entry a worker
+    /// holds is left alone.
+    #[tokio::test]
+    async fn administration() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).await.unwrap();
+        queue.enqueue(&entry("01")).await.unwrap();
+        queue.enqueue(&entry("02")).await.unwrap();
+        let listed = queue.list().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].entry.id, "01");
+        assert!(!listed[0].leased);
+
+        let leased = queue
+            .take(Duration::ZERO, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let held = leased.entry.id.clone();
+        assert!(queue.get(&held).await.unwrap().unwrap().leased);
+        assert!(!queue.update(&entry(&held), 0).await.unwrap());
+        assert!(!queue.remove(&held).await.unwrap());
+
+        let free = if held == "01" { "02" } else { "01" };
+        let mut changed = entry(free);
+        changed.attempts = 7;
+        let later = now_ms() + 3_600_000;
+        assert!(queue.update(&changed, later).await.unwrap());
+        let got = queue.get(free).await.unwrap().unwrap();
+        assert_eq!((got.entry.attempts, got.due_at_ms), (7, later));
+        assert!(
+            queue
+                .take(Duration::ZERO, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(queue.remove(free).await.unwrap());
+        assert!(queue.get(free).await.unwrap().is_none());
+        assert_eq!(queue.depth().await.unwrap(), 1);
+    }
 }
