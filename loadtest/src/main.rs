@@ -311,6 +311,7 @@ async fn send(
         "messages_per_s": rate(ok, elapsed),
         "megabytes_per_s": rate(out.bytes, elapsed) / 1e6,
         "latency": out.latency.summary(),
+        "session_setup": out.connect.summary(),
         "errors": out.errors,
     });
     (report, out)
@@ -336,6 +337,9 @@ fn print_smtp(r: &serde_json::Value) {
     );
     if let Ok(l) = serde_json::from_value::<LatencyView>(r["latency"].clone()) {
         println!("  latency     {}", l.line());
+    }
+    if let Ok(l) = serde_json::from_value::<LatencyView>(r["session_setup"].clone()) {
+        println!("  session set-up {}", l.line());
     }
     println!("  errors      {}", describe_errors(&r["errors"]));
 }

@@ -271,6 +271,8 @@ pub struct Accepted {
 #[derive(Default)]
 pub struct Outcome {
     pub latency: Latency,
+    /// Session set-up: connect, greeting, EHLO (and STARTTLS).
+    pub connect: Latency,
     pub errors: Errors,
     pub bytes: u64,
     pub accepted: Vec<Accepted>,
@@ -300,6 +302,7 @@ pub async fn run(plan: Arc<Plan>, progress: Arc<Progress>, t0: Instant) -> Outco
         match w.await {
             Ok(o) => {
                 total.latency.merge(&o.latency);
+                total.connect.merge(&o.connect);
                 total.errors.merge(&o.errors);
                 total.bytes += o.bytes;
                 total.accepted.extend(o.accepted);
@@ -336,19 +339,37 @@ async fn worker(
         let rcpts = plan.recipients(index);
         let size = plan.sizes.pick(index);
         let data = message::build(&plan.run_id, index, &plan.from, rcpts[0], size);
-        let result = async {
-            if session.is_none() {
-                session = Some(Session::open(plan.addr, &plan.session).await?);
-                sent_on_conn = 0;
+        // Closed model: a message's latency starts once its session is
+        // open, and setting up a session (connect, greeting, EHLO,
+        // STARTTLS) is measured on its own. Open model: from the due time,
+        // whatever the message waited for.
+        let mut message_start = start;
+        if session.is_none() {
+            let opened = Instant::now();
+            match Session::open(plan.addr, &plan.session).await {
+                Ok(s) => {
+                    out.connect.record(opened.elapsed());
+                    session = Some(s);
+                    sent_on_conn = 0;
+                    if plan.rate.is_none() {
+                        message_start = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    out.errors.add(&e.kind());
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    // A refused connection (or a 421 greeting) must not
+                    // spin the CPU the server under test needs.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             }
-            let s = session.as_mut().expect("opened above");
-            s.send(&plan.from, &rcpts, &data).await
         }
-        .await;
-        match result {
+        let Some(s) = session.as_mut() else { continue };
+        match s.send(&plan.from, &rcpts, &data).await {
             Ok(()) => {
                 let now = Instant::now();
-                out.latency.record(now - start);
+                out.latency.record(now - message_start);
                 out.bytes += data.len() as u64;
                 out.accepted.push(Accepted {
                     index,
@@ -363,8 +384,6 @@ async fn worker(
                 progress.failed.fetch_add(1, Ordering::Relaxed);
                 if !e.is_reply() {
                     session = None;
-                    // A refused connection should not spin the CPU the
-                    // server under test needs.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
