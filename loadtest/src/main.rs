@@ -299,7 +299,7 @@ async fn send(
         "target": a.target,
         "sessions": a.sessions,
         "messages": a.messages,
-        "size": format!("{:?}", a.size),
+        "size": a.size.to_string(),
         "mean_size_bytes": a.size.mean(),
         "starttls": a.starttls,
         "pipelining": a.pipelining,
@@ -537,7 +537,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop(line);
             let mut report = serde_json::to_value(&r)?;
             report["target"] = json!(imap);
-            report["mix"] = json!(format!("{:?}", mix.0));
+            report["mix"] = json!(
+                mix.0
+                    .iter()
+                    .map(|(op, w)| format!("{}:{w}", op.name()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
             output(&cli, "imap", report, |_| {
                 println!(
                     "imap {imap}: {} sessions, {} operations in {:.2} s",

@@ -50,6 +50,17 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n * mult)
 }
 
+impl std::fmt::Display for SizeMix {
+    /// `4096` or `4096:70,102400:30`: what parses back to the same mix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let [(size, _)] = self.0.as_slice() {
+            return write!(f, "{size}");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(s, w)| format!("{s}:{w}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl SizeMix {
     /// The size of message `index`: the same index always gets the same
     /// size, and over many messages the weights hold.
@@ -146,6 +157,8 @@ mod tests {
         assert!(parse_size("4x").is_err());
         let mix: SizeMix = "4k:70,100k:30".parse().unwrap();
         assert_eq!(mix, SizeMix(vec![(4096, 70), (102_400, 30)]));
+        assert_eq!(mix.to_string(), "4096:70,102400:30");
+        assert_eq!("4k".parse::<SizeMix>().unwrap().to_string(), "4096");
         assert!("".parse::<SizeMix>().is_err());
         assert!("4k:0".parse::<SizeMix>().is_err());
         assert!("4k:x".parse::<SizeMix>().is_err());

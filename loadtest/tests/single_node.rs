@@ -200,6 +200,27 @@ fn smtp_and_e2e_scenarios_against_a_single_node() {
     assert_eq!(r["latency"]["count"], 40, "{r}");
     assert!(r["messages_per_s"].as_f64().unwrap() > 0.0, "{r}");
 
+    // STARTTLS with the node's self-signed certificate, a new session
+    // every 2 messages.
+    let r = loadtest(&[
+        "smtp",
+        "-t",
+        &smtp,
+        "--to",
+        to,
+        "-c",
+        "2",
+        "-n",
+        "6",
+        "--starttls",
+        "--per-connection",
+        "2",
+    ]);
+    assert_eq!(r["accepted"], 6, "{r}");
+    // 6 messages over 2 sessions, reconnecting every 2: 3 or 4 set-ups.
+    let setups = r["session_setup"]["count"].as_u64().unwrap();
+    assert!((3..=4).contains(&setups), "{r}");
+
     // A refused recipient is counted by its reply code, not fatal.
     let r = loadtest(&[
         "smtp",
