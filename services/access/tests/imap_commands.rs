@@ -555,3 +555,42 @@ async fn logindisabled_off_loopback_without_tls() {
     let lines = c.imap("l3", "STARTTLS").await;
     assert_eq!(lines, ["l3 NO [UNAVAILABLE] TLS is not available"]);
 }
+
+/// RFC 9051 after `ENABLE IMAP4rev2`: SELECT sends LIST instead of RECENT,
+/// SEARCH answers ESEARCH; RFC 5182 SEARCHRES `$`.
+#[tokio::test]
+async fn imap4rev2_and_searchres() {
+    let (_store, mut c) = selected().await;
+    // Before ENABLE: rev1 answers.
+    assert_eq!(c.imap("r0", "SEARCH ALL").await[0], "* SEARCH 1 2");
+    let lines = c.imap("r1", "ENABLE IMAP4rev2").await;
+    assert_eq!(lines, ["* ENABLED IMAP4rev2", "r1 OK ENABLE completed"]);
+    let lines = c.imap("r2", "SELECT INBOX").await;
+    assert!(
+        lines.contains(&"* LIST () \"/\" \"INBOX\"".to_owned()),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("RECENT") || l.contains("UNSEEN")),
+        "{lines:?}"
+    );
+    let lines = c.imap("r3", "UID SEARCH FROM carol").await;
+    assert_eq!(lines[0], "* ESEARCH (TAG \"r3\") UID ALL 2");
+    // SAVE alone answers no ESEARCH; `$` is the saved result.
+    let lines = c.imap("r4", "SEARCH RETURN (SAVE) FROM bob").await;
+    assert_eq!(lines, ["r4 OK SEARCH completed, result saved"]);
+    let lines = c.imap("r5", "FETCH $ (UID)").await;
+    assert_eq!(lines, ["* 1 FETCH (UID 1)", "r5 OK FETCH completed"]);
+    let lines = c
+        .imap("r6", "UID SEARCH RETURN (COUNT SAVE) NOT UID $")
+        .await;
+    assert_eq!(lines[0], "* ESEARCH (TAG \"r6\") UID COUNT 1");
+    let lines = c.imap("r7", "UID STORE $ +FLAGS (\\Flagged)").await;
+    assert_eq!(lines[0], "* 2 FETCH (UID 2 FLAGS (\\Flagged))");
+    // A new SELECT forgets the saved result.
+    c.imap("r8", "SELECT INBOX").await;
+    let lines = c.imap("r9", "FETCH $ (UID)").await;
+    assert_eq!(lines, ["r9 OK FETCH completed"]);
+}

@@ -241,6 +241,8 @@ pub enum SearchReturn {
     Max,
     All,
     Count,
+    /// RFC 5182 SEARCHRES
+    Save,
 }
 
 /// RFC 9051 §6.4.4 search keys. Dates are days since 1970-01-01.
@@ -327,6 +329,9 @@ impl SearchKey {
 pub enum SeqNumber {
     Value(u32),
     Star,
+    /// RFC 5182 `$`: the result saved by `SEARCH RETURN (SAVE)`; the session
+    /// replaces it before use, and unreplaced it matches nothing.
+    Saved,
 }
 
 /// RFC 9051 §9 `sequence-set`: ranges may be given in either order.
@@ -334,14 +339,25 @@ pub enum SeqNumber {
 pub struct SequenceSet(pub Vec<(SeqNumber, SeqNumber)>);
 
 impl SequenceSet {
+    /// RFC 5182: the set is `$`.
+    pub fn is_saved(&self) -> bool {
+        self.0
+            .iter()
+            .any(|&(a, b)| a == SeqNumber::Saved || b == SeqNumber::Saved)
+    }
+
     /// Whether `n` is in the set, `*` standing for `largest`
     /// (RFC 9051 §9: `*` is the largest number in use).
     pub fn contains(&self, n: u32, largest: u32) -> bool {
         let resolve = |s: SeqNumber| match s {
             SeqNumber::Value(v) => v,
             SeqNumber::Star => largest,
+            SeqNumber::Saved => 0,
         };
         self.0.iter().any(|&(a, b)| {
+            if a == SeqNumber::Saved || b == SeqNumber::Saved {
+                return false;
+            }
             let (a, b) = (resolve(a), resolve(b));
             let (low, high) = if a <= b { (a, b) } else { (b, a) };
             (low..=high).contains(&n)
@@ -983,7 +999,7 @@ fn parse_search(c: &mut Cursor<'_>, uid: bool) -> Parsed<CommandBody> {
                 "MAX" => SearchReturn::Max,
                 "ALL" => SearchReturn::All,
                 "COUNT" => SearchReturn::Count,
-                // RFC 5182 SAVE is not offered.
+                "SAVE" => SearchReturn::Save,
                 _ => return Err(format!("unknown search return option {option}")),
             });
         }
@@ -1035,7 +1051,7 @@ fn parse_search_key(c: &mut Cursor<'_>, depth: usize) -> Parsed<SearchKey> {
             SearchKey::And(keys)
         });
     }
-    if matches!(c.peek(), Some(b'0'..=b'9' | b'*')) {
+    if matches!(c.peek(), Some(b'0'..=b'9' | b'*' | b'$')) {
         return Ok(SearchKey::Sequence(c.sequence_set()?));
     }
     let word = c.atom()?.to_ascii_uppercase();
@@ -1532,6 +1548,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn seq_number(&mut self) -> Parsed<SeqNumber> {
+        if self.eat(b'$') {
+            return Ok(SeqNumber::Saved);
+        }
         if self.eat(b'*') {
             Ok(SeqNumber::Star)
         } else {

@@ -29,13 +29,14 @@ use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode, MessageInfo};
 use crate::{Connection, Shared};
 
-/// RFC 9051 §7.2.2 capabilities.
-// IMAP4rev2 is not advertised yet: RFC 9051 also requires things this server
-// does not do (e.g. the rev2 forms of LIST and STATUS responses after
-// ENABLE IMAP4rev2, UTF-8 mailbox names); a rev2 client would rely on them.
-pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE \
+/// RFC 9051 §7.2.2 capabilities. IMAP4rev2 with what RFC 9051 §6.1.1 folds
+/// into it (NAMESPACE, UNSELECT, UIDPLUS, ESEARCH, SEARCHRES, ENABLE, IDLE,
+/// SASL-IR, LIST-EXTENDED, LIST-STATUS, MOVE, LITERAL+ (a superset of
+/// LITERAL-), BINARY, SPECIAL-USE, STATUS=SIZE), and IMAP4rev1 for older
+/// clients: rev2 behaviour starts only after `ENABLE IMAP4rev2`.
+pub const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE \
      UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE \
-     CONDSTORE ESEARCH QUOTA QUOTA=RES-STORAGE BINARY";
+     CONDSTORE ESEARCH SEARCHRES QUOTA QUOTA=RES-STORAGE BINARY";
 
 /// The hierarchy delimiter of every mailbox name.
 pub const DELIMITER: char = '/';
@@ -170,6 +171,11 @@ struct Session {
     tag: String,
     connection: Connection,
     greeted: bool,
+    /// `ENABLE IMAP4rev2` was given (RFC 9051 §6.3.1): SEARCH answers
+    /// ESEARCH, SELECT drops RECENT and UNSEEN and sends LIST.
+    rev2: bool,
+    /// RFC 5182: the UIDs saved by `SEARCH RETURN (SAVE)`, used as `$`.
+    saved: Vec<u32>,
 }
 
 impl Session {
@@ -183,6 +189,8 @@ impl Session {
             tag: String::new(),
             connection,
             greeted: false,
+            rev2: false,
+            saved: Vec::new(),
         }
     }
 
@@ -314,6 +322,7 @@ impl Session {
     /// Dispatches to the handler of the verb, after checking that the verb
     /// is allowed in the current state (RFC 9051 §6).
     async fn handle(&mut self, body: CommandBody) -> Reply {
+        let body = self.expand_saved(body);
         match body {
             CommandBody::Capability => self.capability(),
             CommandBody::Noop => self.noop("NOOP").await,
@@ -387,6 +396,98 @@ impl Session {
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota("", Some(&mailbox)).await,
             CommandBody::Close => self.close(true).await,
             CommandBody::Unselect => self.close(false).await,
+        }
+    }
+
+    /// RFC 5182 §2.1: `$` stands for the saved result, as UIDs for UID
+    /// commands and as the current sequence numbers of those UIDs otherwise.
+    fn expand_saved(&self, body: CommandBody) -> CommandBody {
+        let State::Selected { mailbox, .. } = &self.state else {
+            return body;
+        };
+        let expand = |set: SequenceSet, uid: bool| -> SequenceSet {
+            if !set.is_saved() {
+                return set;
+            }
+            let numbers: Vec<u32> = if uid {
+                self.saved.clone()
+            } else {
+                mailbox
+                    .uids
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, u)| self.saved.contains(u))
+                    .map(|(i, _)| i as u32 + 1)
+                    .collect()
+            };
+            SequenceSet(
+                numbers
+                    .into_iter()
+                    .map(|n| (SeqNumber::Value(n), SeqNumber::Value(n)))
+                    .collect(),
+            )
+        };
+        fn keys(key: SearchKey, expand: &dyn Fn(SequenceSet, bool) -> SequenceSet) -> SearchKey {
+            match key {
+                SearchKey::Uid(set) => SearchKey::Uid(expand(set, true)),
+                SearchKey::Sequence(set) => SearchKey::Sequence(expand(set, false)),
+                SearchKey::Not(k) => SearchKey::Not(Box::new(keys(*k, expand))),
+                SearchKey::Or(a, b) => {
+                    SearchKey::Or(Box::new(keys(*a, expand)), Box::new(keys(*b, expand)))
+                }
+                SearchKey::And(list) => {
+                    SearchKey::And(list.into_iter().map(|k| keys(k, expand)).collect())
+                }
+                other => other,
+            }
+        }
+        match body {
+            CommandBody::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+            } => CommandBody::Fetch {
+                uid,
+                set: expand(set, uid),
+                items,
+                changed_since,
+            },
+            CommandBody::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            } => CommandBody::Store {
+                uid,
+                set: expand(set, uid),
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            },
+            CommandBody::Copy {
+                uid,
+                set,
+                mailbox,
+                move_messages,
+            } => CommandBody::Copy {
+                uid,
+                set: expand(set, uid),
+                mailbox,
+                move_messages,
+            },
+            CommandBody::UidExpunge { set } => CommandBody::UidExpunge {
+                set: expand(set, true),
+            },
+            CommandBody::Search { uid, returns, key } => CommandBody::Search {
+                uid,
+                returns,
+                key: keys(key, &expand),
+            },
+            other => other,
         }
     }
 
@@ -535,9 +636,16 @@ impl Session {
         }
         let mut enabled = Vec::new();
         for capability in capabilities {
-            if capability == "CONDSTORE" {
-                self.condstore = true;
-                enabled.push("CONDSTORE");
+            match capability.as_str() {
+                "CONDSTORE" => {
+                    self.condstore = true;
+                    enabled.push("CONDSTORE");
+                }
+                "IMAP4REV2" => {
+                    self.rev2 = true;
+                    enabled.push("IMAP4rev2");
+                }
+                _ => {}
             }
         }
         Reply::ok("ENABLE completed").untagged(vec![untagged(
@@ -942,6 +1050,21 @@ impl Session {
             .collect();
         let highest = hits.iter().map(|h| h.2).max();
         let verb = if uid { "UID SEARCH" } else { "SEARCH" };
+        // RFC 9051 §6.4.4: a rev2 client gets ESEARCH, `RETURN (ALL)` by
+        // default.
+        let returns = match returns {
+            None if self.rev2 => Some(&[SearchReturn::All][..]),
+            other => other,
+        };
+        if let Some(returns) = returns
+            && returns.contains(&SearchReturn::Save)
+        {
+            self.saved = hits.iter().map(|h| h.1).collect();
+            // RFC 5182 §2.4: SAVE alone answers no ESEARCH.
+            if returns.iter().all(|r| *r == SearchReturn::Save) {
+                return Reply::ok(format!("{verb} completed, result saved"));
+            }
+        }
         let line = match returns {
             Some(returns) => {
                 // RFC 4731 §3.1: `* ESEARCH (TAG "tag") [UID] results`.
@@ -1046,6 +1169,7 @@ impl Session {
             account: account.clone(),
         };
         self.dirty = false;
+        self.saved.clear();
         let status = match self.shared.store.select(&account, &name).await {
             Ok(status) => status,
             Err(error) => return store_failure(error).untagged(lines),
@@ -1060,11 +1184,20 @@ impl Session {
             .max(uids.last().map_or(1, |u| u.saturating_add(1)));
         lines.push(untagged(&format!("FLAGS ({SYSTEM_FLAGS})")));
         lines.push(untagged(&format!("{} EXISTS", uids.len())));
-        // RFC 3501 §7.3.2; IMAP4rev2 dropped \Recent but rev1 clients expect it.
-        lines.push(untagged("0 RECENT"));
+        if self.rev2 {
+            // RFC 9051 §6.3.2: a LIST response with the mailbox name.
+            let mut line = format!("* LIST () \"{DELIMITER}\" ").into_bytes();
+            response::string(&mut line, &name);
+            line.extend_from_slice(b"\r\n");
+            lines.push(line);
+        } else {
+            // RFC 3501 §7.3.2; IMAP4rev2 dropped \Recent but rev1 clients expect it.
+            lines.push(untagged("0 RECENT"));
+        }
         if let Some(first) = messages
             .iter()
             .position(|m| !m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
+            .filter(|_| !self.rev2)
         {
             // RFC 3501 §6.3.1: the first unseen message (rev1 clients).
             lines.push(untagged(&format!(
@@ -1350,6 +1483,7 @@ impl Session {
             account: account.clone(),
         };
         self.dirty = false;
+        self.saved.clear();
         Reply::ok(if expunge {
             "CLOSE completed"
         } else {
@@ -1611,6 +1745,7 @@ fn resolve(set: &SequenceSet, uid: bool, uids: &[u32]) -> Result<Vec<(u32, u32)>
         [a, b].into_iter().any(|n| match n {
             SeqNumber::Value(v) => v > count,
             SeqNumber::Star => count == 0,
+            SeqNumber::Saved => false,
         })
     });
     if out_of_range {

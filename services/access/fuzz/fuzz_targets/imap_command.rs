@@ -1,0 +1,55 @@
+//! Fuzzes the IMAP command parser and the MIME code FETCH and SEARCH run on
+//! stored messages. The input is parsed as one complete command (literals
+//! inline, as the session hands them over) and line by line, so one input
+//! replays a dialog; then the same bytes are taken as a message and its
+//! structure, sections, BODYSTRUCTURE, ENVELOPE, BINARY and search text are
+//! computed. Nothing may panic.
+
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../src/base64.rs"]
+mod base64;
+#[allow(dead_code)]
+#[path = "../../src/imap/mime.rs"]
+mod mime;
+#[allow(dead_code)]
+#[path = "../../src/imap/parser.rs"]
+mod parser;
+#[allow(dead_code)]
+#[path = "../../src/imap/response.rs"]
+mod response;
+
+use libfuzzer_sys::fuzz_target;
+use parser::{CommandBody, FetchItem, Section, SectionText};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parser::trailing_literal(data);
+    let _ = parser::is_append(data);
+    let mut sections = Vec::new();
+    for input in std::iter::once(data).chain(data.split(|&b| b == b'\n')) {
+        if let Ok(command) = parser::parse_command(input)
+            && let CommandBody::Fetch { items, .. } = command.body
+        {
+            for item in items {
+                if let FetchItem::Body { section, .. } = item {
+                    sections.push(section);
+                }
+            }
+        }
+    }
+    sections.push(Section::full());
+    sections.push(Section {
+        part: vec![1, 2],
+        text: SectionText::Header,
+    });
+    let root = mime::parse(data);
+    let _ = mime::body_structure(data, &root, true);
+    let _ = mime::envelope(&data[..mime::header_length(data)]);
+    for section in &sections {
+        let _ = mime::section(data, &root, section);
+    }
+    let _ = mime::binary(data, &root, &[1]);
+    let _ = mime::Searchable::new(data);
+    let _ = base64::decode_lenient(data);
+});
