@@ -14,9 +14,12 @@ pub fn mailbox_for(verdict: i32) -> &'static str {
     }
 }
 
-/// Makes mailstore's append exactly once per (queue entry, recipient).
-pub fn idempotency_key(queue_id: &str, address: &str) -> String {
-    format!("{queue_id}/{address}")
+/// Makes mailstore's append exactly once per (queue entry, account). The
+/// account, not the address: an alias naming several accounts is queued
+/// as one recipient per account, all with the alias's address, and each
+/// account must get the message once.
+pub fn idempotency_key(queue_id: &str, account: &str) -> String {
+    format!("{queue_id}/{account}")
 }
 
 /// The message as stored in the mailbox: `Return-Path:` (RFC 5321 §4.4,

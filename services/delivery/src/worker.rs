@@ -239,7 +239,7 @@ impl Worker {
             account: recipient.account.clone(),
             mailbox: mailbox.to_owned(),
             message: route::local_message(mail_from, &recipient.address, spooled),
-            idempotency_key: route::idempotency_key(queue_id, &recipient.address),
+            idempotency_key: route::idempotency_key(queue_id, &recipient.account),
             flags: Vec::new(),
             internal_date_ms: 0,
         });
