@@ -129,7 +129,8 @@ def single_node(tmp_path):
 
 class LocalCluster(Server):
     def __init__(self, data_dir):
-        ports = {k: free_port() for k in ("smtp", "submission", "submissions", "imap", "pop3", "admin")}
+        ports = {k: free_port() for k in ("smtp", "submission", "submissions", "imap", "pop3",
+                                          "imaps", "pop3s", "admin")}
         super().__init__(data_dir, ports)
         self.proc = None
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SingleNode, wait_until
+from conftest import LocalCluster, SingleNode
 from mail import make_message, send, wait_for_messages
 
 ALICE, ALICE_PW = "alice@example.test", "correct horse battery"
@@ -23,8 +23,12 @@ BOB, BOB_PW = "bob@example.test", "bob's password"
 
 
 def tls_context(server, check_hostname=True):
-    """Trusts exactly the node's self-signed certificate."""
-    ctx = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "self-signed.crt"))
+    """Trusts exactly the node's self-signed certificate (on the local
+    cluster, the access process's)."""
+    cert = server.data_dir / "tls" / "self-signed.crt"
+    if not cert.exists():
+        cert = server.data_dir / "access" / "tls" / "self-signed.crt"
+    ctx = ssl.create_default_context(cafile=str(cert))
     ctx.check_hostname = check_hostname
     return ctx
 
@@ -219,6 +223,51 @@ def test_pop3_download_and_delete_over_tls(single_node):
     # UIDL is stable across sessions.
     assert p.uidl()[1][0].split()[1] == uidl[1].split()[1]
     p.quit()
+
+
+def test_local_cluster_imap_over_tls_with_idle_across_processes(tmp_path):
+    """On the local cluster (PostgreSQL metadata, NATS change events): the
+    same client workflow over implicit TLS, and IDLE in `access` hearing a
+    delivery committed by the separate `mailstore` process."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.data_dir.mkdir(parents=True)
+    cluster.start()
+    try:
+        cluster.add_user(ALICE, ALICE_PW)
+        m = imaps(cluster)
+        assert m.create("Projects")[0] == "OK"
+        typ, data = m.append("INBOX", None, None, message("cluster one"))
+        assert typ == "OK" and code(data[0]).startswith("APPENDUID "), data
+        m.select("INBOX")
+        typ, data = m.copy("1", "Projects")
+        assert typ == "OK" and code(data[0]).startswith("COPYUID "), data
+        assert m.search(None, "SUBJECT", '"cluster one"')[1] == [b"1"]
+
+        idler = RawImap(cluster)
+        assert idler.command("a1", f'LOGIN {ALICE} "{ALICE_PW}"')[-1].startswith("a1 OK")
+        idler.command("a2", "SELECT INBOX")
+        idler.send("a3 IDLE")
+        assert idler.line().startswith("+ ")
+        code_, text = send(cluster, "carol@remote.test", [ALICE],
+                           make_message("carol@remote.test", ALICE, subject="via smtp"))
+        assert code_ == 250, text
+        assert idler.line() == "* 2 EXISTS"
+        typ, data = m.uid("MOVE", "1", "Archive")
+        assert typ == "OK", data
+        assert idler.line() == "* 1 EXPUNGE"
+        idler.send("DONE")
+        assert idler.line() == "a3 OK IDLE terminated"
+        m.logout()
+
+        p = poplib.POP3_SSL(cluster.host, cluster.ports["pop3s"], context=tls_context(cluster), timeout=30)
+        p.user(ALICE)
+        p.pass_(ALICE_PW)
+        assert p.stat()[0] == 1
+        p.dele(1)
+        p.quit()
+    finally:
+        cluster.stop()
+        cluster.purge()
 
 
 class RawImap:
