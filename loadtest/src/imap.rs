@@ -208,9 +208,11 @@ impl Client {
         }
     }
 
-    pub async fn idle_done(&mut self, tag: &str) -> Result<(), ClientError> {
+    /// Ends IDLE; returns the untagged responses that came before the
+    /// tagged OK.
+    pub async fn idle_done(&mut self, tag: &str) -> Result<Vec<Vec<u8>>, ClientError> {
         net::write_all(&mut self.conn, b"DONE\r\n", self.timeout).await?;
-        self.until_tagged(tag).await.map(|_| ())
+        self.until_tagged(tag).await
     }
 
     pub async fn logout(mut self) {

@@ -64,7 +64,11 @@ enum Scenario {
         /// Seconds to wait for delivery after the last message was sent.
         #[arg(long, default_value_t = 120)]
         wait: u64,
-        /// Milliseconds between two mailbox checks (NOOP).
+        /// Watch the mailboxes with NOOP every --poll-ms instead of IDLE.
+        #[arg(long)]
+        noop: bool,
+        /// Milliseconds between two NOOPs (with --noop). In IDLE the
+        /// watchers also SELECT once a second.
         #[arg(long, default_value_t = 50)]
         poll_ms: u64,
     },
@@ -400,6 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             imap,
             password,
             wait,
+            noop,
             poll_ms,
         } => {
             let plan = smtp_plan(&cli, a).await?;
@@ -417,7 +422,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     user,
                     password.clone(),
                     plan.run_id.clone(),
-                    Duration::from_millis(*poll_ms),
+                    if *noop {
+                        Duration::from_millis(*poll_ms)
+                    } else {
+                        Duration::from_secs(1)
+                    },
+                    !*noop,
                     timeout,
                     arrivals.clone(),
                     ready.clone(),

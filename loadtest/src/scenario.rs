@@ -30,7 +30,7 @@ const RELIST_WINDOW: u32 = 256;
 /// What the watchers noticed about the server beside arrival times.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct WatchStats {
-    /// Times a periodic SELECT found messages NOOP had not reported.
+    /// Times a periodic SELECT found messages IDLE or NOOP had not reported.
     pub noop_misses: u64,
     /// Messages that appeared with a UID below one already seen in the same
     /// session (RFC 9051 §2.3.1.1 wants UIDs assigned in ascending order of
@@ -39,8 +39,9 @@ pub struct WatchStats {
     pub reordered: u64,
 }
 
-/// Watches one mailbox: NOOP every `poll` (which makes the server report
-/// new EXISTS), and whenever it grows, lists the UIDs of the recent
+/// Watches one mailbox: in IDLE (`use_idle`, up to `poll` at a time) or
+/// with a NOOP every `poll` (which makes the server report new EXISTS), and
+/// whenever it grows, lists the UIDs of the recent
 /// messages and fetches the headers of those not seen yet, noting when each
 /// message of this run showed up. Counts itself in `ready` once the
 /// mailbox is selected (sending must not start before). Ends when `stop`
@@ -52,6 +53,7 @@ pub async fn watch(
     password: String,
     run_id: String,
     poll: Duration,
+    use_idle: bool,
     timeout: Duration,
     arrivals: Arrivals,
     ready: Arc<AtomicU64>,
@@ -113,14 +115,39 @@ pub async fn watch(
             scanned = listed;
             continue;
         }
-        tokio::time::sleep(poll).await;
-        for r in c.command("NOOP").await? {
-            if let Some(n) = imap::parse_exists(&r) {
-                seen = n;
+        if use_idle {
+            // RFC 2177: the server pushes EXISTS as soon as a message is
+            // there; leave IDLE on the first one, or after `poll` anyway so
+            // `stop` and the SELECT below are looked at.
+            let tag = c.idle_start().await?;
+            let until = Instant::now() + poll;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match c.idle_wait(left).await? {
+                    Some(r) => {
+                        if let Some(n) = imap::parse_exists(&r) {
+                            seen = n;
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            for r in c.idle_done(&tag).await? {
+                if let Some(n) = imap::parse_exists(&r) {
+                    seen = n;
+                }
+            }
+        } else {
+            tokio::time::sleep(poll).await;
+            for r in c.command("NOOP").await? {
+                if let Some(n) = imap::parse_exists(&r) {
+                    seen = n;
+                }
             }
         }
         // Once a second, SELECT again: a server that failed to report a new
-        // message on NOOP must not stall the run, but it is counted.
+        // message in IDLE or on NOOP must not stall the run, but it is
+        // counted.
         if last_select.elapsed() >= Duration::from_secs(1) {
             last_select = Instant::now();
             let n = c.select("INBOX").await?;
@@ -305,7 +332,7 @@ async fn imap_session(
             None if op == Op::Idle => {
                 async {
                     let tag = c.idle_start().await?;
-                    c.idle_done(&tag).await
+                    c.idle_done(&tag).await.map(|_| ())
                 }
                 .await
             }
