@@ -9,12 +9,12 @@
 //! end the attempt with an [`SmtpError`].
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::reply::{Extensions, Reply, ReplyError, ReplyParser};
 use crate::tls::{TlsClient, TlsOutcome};
@@ -190,6 +190,8 @@ pub struct ClientSettings {
     pub tls: TlsClient,
     /// `false` after a failed TLS handshake with this host: plaintext.
     pub starttls: bool,
+    /// The local address to connect from (`delivery.source_ip`).
+    pub source_ip: Option<IpAddr>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -300,7 +302,7 @@ pub async fn deliver(
     settings: &ClientSettings,
     envelope: &Envelope<'_>,
 ) -> Result<Transaction, SmtpError> {
-    let stream = tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(settings.timeouts.connect, connect(addr, settings.source_ip))
         .await
         .map_err(|_| SmtpError::Timeout {
             stage: Stage::Connect,
@@ -312,6 +314,20 @@ pub async fn deliver(
     // Small commands, pipelined or not: do not wait for Nagle.
     let _ = stream.set_nodelay(true);
     deliver_over(Box::new(stream), host, settings, envelope).await
+}
+
+/// A TCP connection to `addr`, from `source` when given.
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// The transaction over an established stream (a TCP connection, or an
@@ -507,6 +523,7 @@ mod tests {
             },
             tls: TlsClient::new(rustls::RootCertStore::empty()),
             starttls: true,
+            source_ip: None,
         }
     }
 

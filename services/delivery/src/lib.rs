@@ -51,10 +51,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     let remote = remote::Remote {
         resolver: ctx.dns()?,
         client: client::ClientSettings {
-            ehlo_name: ctx.config.hostname.clone(),
+            ehlo_name: if ctx.config.delivery.ehlo_name.is_empty() {
+                ctx.config.hostname.clone()
+            } else {
+                ctx.config.delivery.ehlo_name.clone()
+            },
             timeouts: client::Timeouts::default(),
             tls: tls::TlsClient::with_system_roots(),
             starttls: true,
+            // Validated with the config.
+            source_ip: ctx.config.delivery.source_ip.parse().ok(),
         },
         port: ctx.config.delivery.remote_smtp_port,
     };

@@ -82,6 +82,12 @@ impl Remote {
                     continue;
                 }
             };
+            // From a pinned source address only its family can be reached.
+            let ips = ips.into_iter().filter(|ip| {
+                self.client
+                    .source_ip
+                    .is_none_or(|source| source.is_ipv4() == ip.is_ipv4())
+            });
             for ip in ips {
                 let pending: Vec<usize> = (0..recipients.len())
                     .filter(|i| results[*i].is_none())

@@ -241,6 +241,7 @@ async fn tls_verification_is_recorded() {
         timeouts: Timeouts::default(),
         tls,
         starttls: true,
+        source_ip: None,
     };
     let trusted = settings(TlsClient::new(roots));
     let t = client::deliver(peer.addr, "mx.secure.test", &trusted, &envelope)
@@ -344,4 +345,27 @@ async fn connections_per_domain_are_limited_across_workers() {
     node.wait_empty_queue().await;
     assert_eq!(peer.messages().len(), 4);
     assert_eq!(peer.max_concurrent(), 1);
+}
+
+/// `delivery.source_ip` and `delivery.ehlo_name`: a pool of workers pinned
+/// to one local address, introducing itself by the name its PTR would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ip_and_ehlo_name_are_used() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(15), port, Mode::Accept, None).await;
+    let dns =
+        DnsServer::start([Zone::new("pinned.test").mx("@", 10, "mx").a("mx", ipv4(15))]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.source_ip = "127.0.0.55".into();
+        c.delivery.ehlo_name = "out55.example.com".into();
+    })
+    .await;
+    node.send("alice@example.com", &["oz@pinned.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+    assert_eq!(peer.messages().len(), 1);
+    assert_eq!(
+        peer.clients(),
+        [(loopback(55), "out55.example.com".to_string())]
+    );
 }

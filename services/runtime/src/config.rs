@@ -254,6 +254,12 @@ pub struct Delivery {
     /// Delivery attempts started per minute to one remote domain, over
     /// every worker; 0: no limit.
     pub messages_per_domain_per_minute: u64,
+    /// Local address outgoing connections are made from ("" lets the
+    /// system choose): operators pin a pool of delivery workers to IPs
+    /// whose PTR names `ehlo_name`.
+    pub source_ip: String,
+    /// The name given in EHLO to remote servers; "" means `hostname`.
+    pub ehlo_name: String,
 }
 
 impl Default for Delivery {
@@ -268,6 +274,8 @@ impl Default for Delivery {
             remote_smtp_port: 25,
             max_connections_per_domain: 10,
             messages_per_domain_per_minute: 0,
+            source_ip: String::new(),
+            ehlo_name: String::new(),
         }
     }
 }
@@ -644,6 +652,14 @@ impl Config {
             problems.push(format!(
                 "delivery.max_queue_lifetime = {:?} is not a duration like \"5d\"",
                 self.delivery.max_queue_lifetime
+            ));
+        }
+        if !self.delivery.source_ip.is_empty()
+            && self.delivery.source_ip.parse::<std::net::IpAddr>().is_err()
+        {
+            problems.push(format!(
+                "delivery.source_ip = {:?} is not an IP address",
+                self.delivery.source_ip
             ));
         }
         if self.delivery.remote_smtp_port == 0 {

@@ -39,6 +39,8 @@ struct State {
     connections: usize,
     active: usize,
     max_active: usize,
+    /// (client address, EHLO name) of each session.
+    clients: Vec<(IpAddr, String)>,
 }
 
 pub struct Peer {
@@ -68,7 +70,7 @@ impl Peer {
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, client)) = listener.accept().await else {
                     return;
                 };
                 let state = shared.clone();
@@ -80,7 +82,7 @@ impl Peer {
                         s.active += 1;
                         s.max_active = s.max_active.max(s.active);
                     }
-                    let _ = session(stream, mode, tls, state.clone()).await;
+                    let _ = session(stream, client.ip(), mode, tls, state.clone()).await;
                     state.lock().unwrap().active -= 1;
                 });
             }
@@ -96,6 +98,11 @@ impl Peer {
         self.state.lock().unwrap().connections
     }
 
+    /// (client address, EHLO name) of every EHLO seen.
+    pub fn clients(&self) -> Vec<(IpAddr, String)> {
+        self.state.lock().unwrap().clients.clone()
+    }
+
     /// The most sessions that were open at once.
     pub fn max_concurrent(&self) -> usize {
         self.state.lock().unwrap().max_active
@@ -104,19 +111,20 @@ impl Peer {
 
 async fn session(
     stream: tokio::net::TcpStream,
+    client: IpAddr,
     mode: Mode,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<Mutex<State>>,
 ) -> std::io::Result<()> {
     let mut conn = BufReader::new(stream);
     conn.get_mut().write_all(b"220 peer.test ESMTP\r\n").await?;
-    match dialogue(&mut conn, mode, tls.is_some(), false, &state).await? {
+    match dialogue(&mut conn, client, mode, tls.is_some(), false, &state).await? {
         Next::Close => Ok(()),
         Next::StartTls => {
             let acceptor = tls.expect("STARTTLS only offered with a certificate");
             let secure = acceptor.accept(conn.into_inner()).await?;
             let mut conn = BufReader::new(secure);
-            dialogue(&mut conn, mode, false, true, &state).await?;
+            dialogue(&mut conn, client, mode, false, true, &state).await?;
             Ok(())
         }
     }
@@ -129,6 +137,7 @@ enum Next {
 
 async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut BufReader<S>,
+    client: IpAddr,
     mode: Mode,
     offer_tls: bool,
     secure: bool,
@@ -143,6 +152,8 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
+            let name = line[4..].trim().to_owned();
+            state.lock().unwrap().clients.push((client, name));
             let mut r = String::from("250-peer.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n");
             if offer_tls {
                 r.push_str("250-STARTTLS\r\n");
