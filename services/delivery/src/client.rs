@@ -69,6 +69,7 @@ pub enum Stage {
     Greeting,
     Ehlo,
     StartTls,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -82,6 +83,7 @@ impl std::fmt::Display for Stage {
             Stage::Greeting => "greeting",
             Stage::Ehlo => "EHLO",
             Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
@@ -105,6 +107,10 @@ pub enum SmtpError {
     Closed { stage: Stage },
     #[error("STARTTLS: {0}")]
     Tls(String),
+    /// Smarthost authentication failed or was impossible: a configuration
+    /// problem, retried (not bounced) until it is fixed.
+    #[error("AUTH: {0}")]
+    Auth(String),
     /// The server answered a whole-transaction step with an error reply.
     #[error("{stage}: {reply}")]
     Rejected { stage: Stage, reply: Reply },
@@ -192,6 +198,21 @@ pub struct ClientSettings {
     pub starttls: bool,
     /// The local address to connect from (`delivery.source_ip`).
     pub source_ip: Option<IpAddr>,
+    /// Credentials for a smarthost (`AUTH PLAIN`, RFC 4954 and 4616); only
+    /// ever sent inside TLS.
+    pub auth: Option<Credentials>,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.username)
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -376,6 +397,10 @@ async fn deliver_over(
         ext = Extensions::from_ehlo(&conn.command(Stage::Ehlo, &ehlo, t.command).await?);
     }
 
+    if let Some(credentials) = &settings.auth {
+        authenticate(&mut conn, &ext, tls.is_some(), credentials, t).await?;
+    }
+
     let result = transaction(&mut conn, &ext, t, envelope).await;
     // On a 5xx/4xx for the whole transaction the server still talks: end
     // politely. On an I/O error there is nobody to say goodbye to.
@@ -384,6 +409,45 @@ async fn deliver_over(
     }
     let (rcpt, data) = result?;
     Ok(Transaction { rcpt, data, tls })
+}
+
+/// AUTH PLAIN (RFC 4616) to a smarthost; never without TLS, where the
+/// password would cross the network in clear.
+async fn authenticate(
+    conn: &mut Connection,
+    ext: &Extensions,
+    secure: bool,
+    credentials: &Credentials,
+    t: &Timeouts,
+) -> Result<(), SmtpError> {
+    if !secure {
+        return Err(SmtpError::Auth(
+            "the relay offers no STARTTLS; credentials are never sent in clear".into(),
+        ));
+    }
+    if !ext.auth.iter().any(|m| m == "PLAIN") {
+        return Err(SmtpError::Auth(format!(
+            "the relay does not offer AUTH PLAIN (offers: {})",
+            ext.auth.join(" ")
+        )));
+    }
+    let token = crate::dkim::base64(
+        format!("\0{}\0{}", credentials.username, credentials.password).as_bytes(),
+    );
+    conn.send(
+        Stage::Auth,
+        format!("AUTH PLAIN {token}\r\n").as_bytes(),
+        t.command,
+    )
+    .await?;
+    let reply = conn.read_reply(Stage::Auth, t.command).await?;
+    if reply.code == 235 {
+        Ok(())
+    } else {
+        Err(SmtpError::Auth(format!(
+            "the relay refused our credentials: {reply}"
+        )))
+    }
 }
 
 fn server_name(host: &str) -> Result<ServerName<'static>, SmtpError> {
@@ -524,6 +588,7 @@ mod tests {
             tls: TlsClient::new(rustls::RootCertStore::empty()),
             starttls: true,
             source_ip: None,
+            auth: None,
         }
     }
 

@@ -109,7 +109,9 @@ impl DeliveryError {
             | SmtpError::Timeout {
                 stage: Stage::Connect,
             } => DeliveryError::Transient(Diagnostic::local("4.4.1", text)),
-            SmtpError::Tls(_) => DeliveryError::Transient(Diagnostic::local("4.7.0", text)),
+            SmtpError::Tls(_) | SmtpError::Auth(_) => {
+                DeliveryError::Transient(Diagnostic::local("4.7.0", text))
+            }
             _ => DeliveryError::Transient(Diagnostic::local("4.4.2", text)),
         }
     }

@@ -61,8 +61,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
             starttls: true,
             // Validated with the config.
             source_ip: ctx.config.delivery.source_ip.parse().ok(),
+            auth: (!ctx.config.delivery.relay_username.is_empty()).then(|| client::Credentials {
+                username: ctx.config.delivery.relay_username.clone(),
+                password: ctx.config.delivery.relay_password.clone(),
+            }),
         },
         port: ctx.config.delivery.remote_smtp_port,
+        relay: ctx.config.delivery.relay(),
     };
     let metrics = {
         let mut registry = ctx

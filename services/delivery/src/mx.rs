@@ -114,6 +114,10 @@ pub async fn addresses(
     resolver: &TokioResolver,
     host: &MxHost,
 ) -> Result<Vec<IpAddr>, DeliveryError> {
+    // A relay may be given as an address.
+    if let Ok(ip) = host.name.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
     let fqdn = fqdn(&host.name)?;
     match resolver.lookup_ip(fqdn.as_str()).await {
         Ok(lookup) => {

@@ -32,6 +32,9 @@ pub struct Remote {
     pub client: ClientSettings,
     /// `delivery.remote_smtp_port`: 25, other in tests.
     pub port: u16,
+    /// `delivery.relay_host`: every remote message goes to this smarthost
+    /// (host, port) instead of the recipient domain's MX.
+    pub relay: Option<(String, u16)>,
 }
 
 impl Remote {
@@ -44,26 +47,56 @@ impl Remote {
         recipients: &[String],
         message: &[u8],
     ) -> Vec<RcptResult> {
-        let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
         let fail_all = |error: DeliveryError| vec![RcptResult::Failed(error); recipients.len()];
 
-        let hosts = match mx::lookup(&self.resolver, domain).await {
-            Ok(MxPlan::Hosts(hosts)) => hosts,
-            Ok(MxPlan::NullMx) => {
-                // RFC 7505 §4.2: 556 5.1.10 is the reply for a null MX.
-                return fail_all(DeliveryError::Permanent(Diagnostic::local(
-                    "5.1.10",
-                    format!("{domain} does not accept mail (null MX, RFC 7505)"),
-                )));
-            }
-            Err(error) => return fail_all(error),
+        let (hosts, port) = match &self.relay {
+            Some((host, port)) => (
+                vec![mx::MxHost {
+                    name: host.clone(),
+                    preference: 0,
+                    implicit: false,
+                }],
+                *port,
+            ),
+            None => match self.plan(domain).await {
+                Ok(hosts) => (hosts, self.port),
+                Err(error) => return fail_all(error),
+            },
         };
+        self.try_hosts(domain, &hosts, port, mail_from, recipients, message)
+            .await
+    }
 
+    /// The MX hosts of `domain`, or why there are none to try.
+    async fn plan(&self, domain: &str) -> Result<Vec<mx::MxHost>, DeliveryError> {
+        match mx::lookup(&self.resolver, domain).await {
+            Ok(MxPlan::Hosts(hosts)) => Ok(hosts),
+            // RFC 7505 §4.2: 556 5.1.10 is the reply for a null MX.
+            Ok(MxPlan::NullMx) => Err(DeliveryError::Permanent(Diagnostic::local(
+                "5.1.10",
+                format!("{domain} does not accept mail (null MX, RFC 7505)"),
+            ))),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Each address of each host in turn until every recipient has a
+    /// final answer.
+    async fn try_hosts(
+        &self,
+        domain: &str,
+        hosts: &[mx::MxHost],
+        port: u16,
+        mail_from: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
+        let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
         let mut last_error = DeliveryError::Transient(Diagnostic::local(
             "4.4.1",
             format!("no mail exchanger of {domain} could be reached"),
         ));
-        'hosts: for host in &hosts {
+        'hosts: for host in hosts {
             let ips = match mx::addresses(&self.resolver, host).await {
                 Ok(ips) => ips,
                 Err(error) => {
@@ -99,7 +132,7 @@ impl Remote {
                     recipients: &addresses,
                     message,
                 };
-                let addr = SocketAddr::new(ip, self.port);
+                let addr = SocketAddr::new(ip, port);
                 match self.transaction(addr, &host.name, &envelope).await {
                     Ok(transaction) => {
                         let mut deferred = false;

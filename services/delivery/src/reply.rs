@@ -137,6 +137,8 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
+    /// SASL mechanisms of `AUTH` (RFC 4954), upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -155,6 +157,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "AUTH" => ext.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 "SIZE" => {
                     ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0));
                 }

@@ -242,6 +242,7 @@ async fn tls_verification_is_recorded() {
         tls,
         starttls: true,
         source_ip: None,
+        auth: None,
     };
     let trusted = settings(TlsClient::new(roots));
     let t = client::deliver(peer.addr, "mx.secure.test", &trusted, &envelope)
@@ -367,5 +368,61 @@ async fn source_ip_and_ehlo_name_are_used() {
     assert_eq!(
         peer.clients(),
         [(loopback(55), "out55.example.com".to_string())]
+    );
+}
+
+/// `delivery.relay_host`: every remote message goes to the smarthost —
+/// even for a domain whose MX says it takes no mail — over STARTTLS, with
+/// AUTH PLAIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smarthost_relay_with_auth() {
+    let port = common::free_port();
+    let (acceptor, _ca) = common::peer::tls_for("relay.example.net");
+    let relay = Peer::start_relay(loopback(16), port, acceptor, "fleet", "s3cret").await;
+    let dns = DnsServer::start([Zone::new("nomail.test").mx("@", 0, ".")]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.relay_host = format!("127.0.0.16:{port}");
+        c.delivery.relay_username = "fleet".into();
+        c.delivery.relay_password = "s3cret".into();
+    })
+    .await;
+    node.send("alice@example.com", &["pat@nomail.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+    let got = relay.messages();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
+    assert_eq!(got[0].user.as_deref(), Some("fleet"));
+    assert_eq!(got[0].recipients, ["pat@nomail.test"]);
+    assert!(
+        node.inbox("alice@example.com").await.is_empty(),
+        "no bounce"
+    );
+}
+
+/// Wrong credentials are the operator's problem: the mail waits (4.7.0),
+/// it is not bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smarthost_refusing_credentials_defers() {
+    let port = common::free_port();
+    let (acceptor, _ca) = common::peer::tls_for("relay.example.net");
+    let relay = Peer::start_relay(loopback(17), port, acceptor, "fleet", "right").await;
+    let dns = DnsServer::start([]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.relay_host = format!("127.0.0.17:{port}");
+        c.delivery.relay_username = "fleet".into();
+        c.delivery.relay_password = "wrong".into();
+        c.delivery.retry_intervals = vec!["1h".into()];
+    })
+    .await;
+    node.send("alice@example.com", &["quinn@remote.test"], MESSAGE)
+        .await;
+    common::wait_for("the first attempt", || async { relay.connections() >= 1 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(node.depth().await, 1, "kept for a retry");
+    assert!(relay.messages().is_empty());
+    assert!(
+        node.inbox("alice@example.com").await.is_empty(),
+        "no bounce"
     );
 }

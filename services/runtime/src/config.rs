@@ -260,6 +260,12 @@ pub struct Delivery {
     pub source_ip: String,
     /// The name given in EHLO to remote servers; "" means `hostname`.
     pub ehlo_name: String,
+    /// A smarthost ("host" or "host:port", port 587 by default) that gets
+    /// every remote message instead of the recipient domain's MX; "": none.
+    pub relay_host: String,
+    /// Credentials for the smarthost (AUTH PLAIN, only inside STARTTLS).
+    pub relay_username: String,
+    pub relay_password: String,
 }
 
 impl Default for Delivery {
@@ -276,6 +282,9 @@ impl Default for Delivery {
             messages_per_domain_per_minute: 0,
             source_ip: String::new(),
             ehlo_name: String::new(),
+            relay_host: String::new(),
+            relay_username: String::new(),
+            relay_password: String::new(),
         }
     }
 }
@@ -287,6 +296,22 @@ impl Delivery {
             .iter()
             .filter_map(|s| parse_duration(s))
             .collect()
+    }
+
+    /// `relay_host` as (host, port); `None` when empty or invalid.
+    pub fn relay(&self) -> Option<(String, u16)> {
+        let value = self.relay_host.trim();
+        if value.is_empty() {
+            return None;
+        }
+        let (host, port) = match value.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.starts_with('[') => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse().ok()?,
+            ),
+            _ => (value, 587),
+        };
+        (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
     }
 
     /// `max_queue_lifetime` parsed (5 days if invalid, which `validate` refuses).
@@ -662,6 +687,15 @@ impl Config {
                 self.delivery.source_ip
             ));
         }
+        if !self.delivery.relay_username.is_empty() && self.delivery.relay_host.is_empty() {
+            problems.push("delivery.relay_username is set without delivery.relay_host".into());
+        }
+        if !self.delivery.relay_host.is_empty() && self.delivery.relay().is_none() {
+            problems.push(format!(
+                "delivery.relay_host = {:?} is not \"host\" or \"host:port\"",
+                self.delivery.relay_host
+            ));
+        }
         if self.delivery.remote_smtp_port == 0 {
             problems.push("delivery.remote_smtp_port must not be 0".into());
         }
@@ -895,6 +929,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("retry_intervals"), "{err}");
+    }
+
+    #[test]
+    fn relay_host_forms() {
+        let relay = |value: &str| {
+            Delivery {
+                relay_host: value.into(),
+                ..Delivery::default()
+            }
+            .relay()
+        };
+        assert_eq!(relay(""), None);
+        assert_eq!(
+            relay("smtp.example.net"),
+            Some(("smtp.example.net".into(), 587))
+        );
+        assert_eq!(
+            relay("smtp.example.net:2525"),
+            Some(("smtp.example.net".into(), 2525))
+        );
+        assert_eq!(relay("[2001:db8::1]:25"), Some(("2001:db8::1".into(), 25)));
+        assert_eq!(relay("host:notaport"), None);
+        let err =
+            Config::load(None, &env(&[("MAILFLEET__DELIVERY__RELAY_USERNAME", "u")])).unwrap_err();
+        assert!(err.to_string().contains("relay_host"), "{err}");
     }
 
     #[test]

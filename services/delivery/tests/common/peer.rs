@@ -30,6 +30,8 @@ pub struct Received {
     pub recipients: Vec<String>,
     pub data: Vec<u8>,
     pub tls: bool,
+    /// The user that authenticated (AUTH PLAIN), if any.
+    pub user: Option<String>,
 }
 
 #[derive(Default)]
@@ -41,6 +43,9 @@ struct State {
     max_active: usize,
     /// (client address, EHLO name) of each session.
     clients: Vec<(IpAddr, String)>,
+    /// When set: AUTH PLAIN required (after STARTTLS) with this
+    /// (user, expected base64 token).
+    auth: Option<(String, String)>,
 }
 
 pub struct Peer {
@@ -56,6 +61,21 @@ impl Drop for Peer {
 }
 
 impl Peer {
+    /// A smarthost: STARTTLS, then AUTH PLAIN as `user` with `password`
+    /// required before MAIL.
+    pub async fn start_relay(
+        ip: IpAddr,
+        port: u16,
+        tls: tokio_rustls::TlsAcceptor,
+        user: &str,
+        password: &str,
+    ) -> Peer {
+        let peer = Peer::start(ip, port, Mode::Accept, Some(tls)).await;
+        let token = mailfleet_delivery::dkim::base64(format!("\0{user}\0{password}").as_bytes());
+        peer.state.lock().unwrap().auth = Some((user.to_owned(), token));
+        peer
+    }
+
     pub async fn start(
         ip: IpAddr,
         port: u16,
@@ -145,6 +165,8 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<Next> {
     let mut mail_from = String::new();
     let mut recipients = Vec::new();
+    let auth = state.lock().unwrap().auth.clone();
+    let mut user: Option<String> = None;
     loop {
         let mut line = String::new();
         if conn.read_line(&mut line).await? == 0 {
@@ -158,11 +180,24 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             if offer_tls {
                 r.push_str("250-STARTTLS\r\n");
             }
+            if secure && auth.is_some() {
+                r.push_str("250-AUTH LOGIN PLAIN\r\n");
+            }
             r.push_str("250 SIZE 10000000\r\n");
             r
         } else if upper.starts_with("STARTTLS") {
             conn.get_mut().write_all(b"220 go ahead\r\n").await?;
             return Ok(Next::StartTls);
+        } else if upper.starts_with("AUTH PLAIN ") {
+            match &auth {
+                Some((name, token)) if secure && line[11..].trim() == token => {
+                    user = Some(name.clone());
+                    "235 2.7.0 authenticated\r\n".into()
+                }
+                _ => "535 5.7.8 bad credentials\r\n".into(),
+            }
+        } else if upper.starts_with("MAIL FROM:") && auth.is_some() && user.is_none() {
+            "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = between_brackets(&line);
             recipients.clear();
@@ -200,6 +235,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     recipients: std::mem::take(&mut recipients),
                     data,
                     tls: secure,
+                    user: user.clone(),
                 });
                 "250 2.0.0 ok: queued\r\n".into()
             }
