@@ -137,6 +137,13 @@ pub trait MailAccess: Send + Sync + 'static {
         move_messages: bool,
     ) -> Result<Copied, AccessError>;
     async fn quota(&self, account: &str) -> Result<Quota, AccessError>;
+    /// [`MailAccess::list_messages`] with `search_header` filled in (parsed
+    /// at delivery), for SEARCH on header keys.
+    async fn list_messages_for_search(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, AccessError>;
 }
 
 /// [`MailAccess`] over the mailstore's gRPC `Directory` and `Mailstore`
@@ -399,5 +406,21 @@ impl MailAccess for GrpcMailAccess {
             limit_bytes: reply.limit_bytes,
             messages: reply.messages,
         })
+    }
+
+    async fn list_messages_for_search(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .list_messages_for_search(MailboxRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+            })
+            .await?;
+        Ok(reply.into_inner().messages)
     }
 }

@@ -487,4 +487,16 @@ impl Mailstore for MailstoreService {
             messages: quota.messages,
         }))
     }
+
+    async fn list_messages_for_search(
+        &self,
+        request: Request<MailboxRequest>,
+    ) -> Result<Response<MessageList>, Status> {
+        let r = request.into_inner();
+        let messages = self
+            .store
+            .list_messages_with(&r.account, &r.mailbox, true)
+            .await?;
+        Ok(Response::new(MessageList { messages }))
+    }
 }

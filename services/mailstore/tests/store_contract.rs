@@ -585,6 +585,13 @@ async fn folders_contract(store: &Store, blobs: &DirBlobs) {
         .await
         .unwrap();
     assert_eq!(listed[0].internal_date_ms, 1_700_000_000_000);
+    // The search header is parsed once, at delivery.
+    let with = store
+        .list_messages_with(ALICE, "Projects/2026/Q1", true)
+        .await
+        .unwrap();
+    assert_eq!(with[0].search_header, "subject: plan\n");
+    assert_eq!(listed[0].search_header, "", "only when asked for");
     assert_eq!(listed[0].flags, ["\\Seen"]);
 
     // RENAME takes the children along.
@@ -647,6 +654,16 @@ async fn folders_contract(store: &Store, blobs: &DirBlobs) {
     assert!(store.list_messages(ALICE, "Work").await.unwrap().is_empty());
     let archived = store.list_messages(ALICE, "Archive").await.unwrap();
     assert_eq!(archived.len(), 1);
+    // COPY and MOVE carry it along.
+    let moved_with = store
+        .list_messages_with(ALICE, "Archive", true)
+        .await
+        .unwrap();
+    let original = store
+        .list_messages_with(ALICE, "INBOX", true)
+        .await
+        .unwrap();
+    assert_eq!(moved_with[0].search_header, original[0].search_header);
 
     // DELETE removes the messages but keeps blobs others refer to; INBOX stays.
     let body = store.fetch_body(ALICE, "Archive", 1).await.unwrap();

@@ -695,6 +695,28 @@ impl Searchable {
         }
     }
 
+    /// From the mailstore's search header (`name: value` lines, the date as
+    /// `date: <epoch seconds>`); no body text.
+    pub fn from_search_header(text: &str) -> Searchable {
+        let mut header = Vec::new();
+        let mut sent_date_days = None;
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            if name == "date" {
+                sent_date_days = value.parse::<i64>().ok().map(|s| s.div_euclid(86_400));
+            } else {
+                header.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        Searchable {
+            header,
+            body: String::new(),
+            sent_date_days,
+        }
+    }
+
     /// `HEADER field string`, and FROM/TO/CC/BCC/SUBJECT. An empty string
     /// matches every message that has the field.
     pub fn header_contains(&self, field: &str, needle: &str) -> bool {
@@ -874,6 +896,18 @@ mod tests {
         let _ = body_structure(input, &root, true);
         let _ = Searchable::new(input);
         let _ = envelope(&input[..header_length(input)]);
+    }
+
+    #[test]
+    fn search_from_the_stored_header() {
+        let s = Searchable::from_search_header(
+            "from: René <rene@example.org>\nsubject: Hello World\ndate: 1704189600\n",
+        );
+        assert!(s.header_contains("from", "rené"));
+        assert!(s.header_contains("subject", "hello w"));
+        assert!(!s.header_contains("to", ""));
+        assert_eq!(s.sent_date_days, Some(19724));
+        assert!(!s.body_contains("hello"));
     }
 
     #[test]

@@ -311,6 +311,21 @@ impl SearchKey {
         }
     }
 
+    /// Whether the message content the key needs is only what the mailstore
+    /// keeps per message at delivery (decoded From/To/Cc/Bcc/Subject and the
+    /// Date): then SEARCH does not read the blobs.
+    pub fn header_only(&self) -> bool {
+        const STORED: [&str; 5] = ["from", "to", "cc", "bcc", "subject"];
+        match self {
+            SearchKey::Body(_) | SearchKey::Text(_) => false,
+            SearchKey::Header(field, _) => STORED.iter().any(|f| f.eq_ignore_ascii_case(field)),
+            SearchKey::Not(k) => k.header_only(),
+            SearchKey::Or(a, b) => a.header_only() && b.header_only(),
+            SearchKey::And(keys) => keys.iter().all(SearchKey::header_only),
+            _ => true,
+        }
+    }
+
     /// Whether the key mentions MODSEQ (RFC 7162 §3.1.5: the answer then
     /// carries `(MODSEQ n)`).
     pub fn uses_modseq(&self) -> bool {

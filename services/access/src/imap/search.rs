@@ -85,6 +85,7 @@ mod tests {
             size,
             internal_date_ms: 1_709_211_909_000, // 2024-02-29
             modseq: u64::from(uid) * 10,
+            search_header: String::new(),
         }
     }
 
@@ -122,6 +123,23 @@ mod tests {
         assert!(eval(&either, &seen, None));
         assert!(eval(&SearchKey::ModSeq(100), &seen, None));
         assert!(!eval(&SearchKey::ModSeq(101), &seen, None));
+    }
+
+    #[test]
+    fn which_keys_the_stored_header_answers() {
+        use crate::imap::parser::parse_command;
+        let key = |text: &str| match parse_command(format!("a SEARCH {text}").as_bytes())
+            .unwrap()
+            .body
+        {
+            crate::imap::parser::CommandBody::Search { key, .. } => key,
+            _ => unreachable!(),
+        };
+        assert!(key("FROM x SUBJECT y SENTSINCE 1-Jan-2024 UNSEEN").header_only());
+        assert!(key("OR HEADER Cc a NOT TO b").header_only());
+        assert!(!key("BODY x").header_only());
+        assert!(!key("OR FROM a TEXT b").header_only());
+        assert!(!key("HEADER X-Spam yes").header_only());
     }
 
     #[test]

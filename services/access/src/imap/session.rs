@@ -1002,24 +1002,35 @@ impl Session {
         if key.uses_modseq() {
             self.condstore = true;
         }
-        let current = match self
-            .shared
-            .store
-            .list_messages(account, &mailbox.name)
-            .await
-        {
+        let needs_body = key.needs_body();
+        // Header keys are answered from what the mailstore parsed at
+        // delivery; only BODY/TEXT/other headers read every message.
+        let stored_headers = needs_body && key.header_only();
+        let listed = if stored_headers {
+            self.shared
+                .store
+                .list_messages_for_search(account, &mailbox.name)
+                .await
+        } else {
+            self.shared
+                .store
+                .list_messages(account, &mailbox.name)
+                .await
+        };
+        let current = match listed {
             Ok(messages) => by_uid(messages),
             Err(error) => return store_failure(error),
         };
         let max_seq = mailbox.uids.len() as u32;
         let max_uid = mailbox.uids.last().copied().unwrap_or(0);
-        let needs_body = key.needs_body();
         let mut hits: Vec<(u32, u32, u64)> = Vec::new();
         for (index, &message_uid) in mailbox.uids.iter().enumerate() {
             let Some(info) = current.get(&message_uid) else {
                 continue;
             };
-            let content = if needs_body {
+            let content = if stored_headers && !info.search_header.is_empty() {
+                Some(mime::Searchable::from_search_header(&info.search_header))
+            } else if needs_body {
                 match self
                     .shared
                     .store

@@ -178,6 +178,7 @@ fn info(uid: u32, stored: &Stored) -> MessageInfo {
         size: stored.body.len() as u64,
         internal_date_ms: stored.internal_date_ms,
         modseq: stored.modseq,
+        search_header: String::new(),
     }
 }
 
@@ -435,6 +436,39 @@ impl MailAccess for MemoryStore {
             }
         }
         Ok(copied)
+    }
+
+    /// Like the mailstore, with undecoded header values (enough here).
+    async fn list_messages_for_search(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, AccessError> {
+        self.with_mailbox(account, mailbox, |m| {
+            Ok(m.messages
+                .iter()
+                .map(|(&uid, s)| {
+                    let mut info = info(uid, s);
+                    let text = String::from_utf8_lossy(&s.body);
+                    for line in text.lines().take_while(|l| !l.is_empty()) {
+                        if let Some((name, value)) = line.split_once(':') {
+                            let name = name.to_ascii_lowercase();
+                            if ["from", "to", "cc", "bcc", "subject"].contains(&name.as_str()) {
+                                info.search_header
+                                    .push_str(&format!("{name}: {}\n", value.trim()));
+                            }
+                        }
+                    }
+                    if let Some(date) = mail_parser::MessageParser::default()
+                        .parse_headers(&s.body)
+                        .and_then(|m| m.date().map(|d| d.to_timestamp()))
+                    {
+                        info.search_header.push_str(&format!("date: {date}\n"));
+                    }
+                    info
+                })
+                .collect())
+        })
     }
 
     async fn quota(&self, _account: &str) -> Result<Quota, AccessError> {

@@ -195,7 +195,7 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
-            "SELECT uid, blob, size, internal_date_ms, flags FROM messages \
+            "SELECT uid, blob, size, internal_date_ms, flags, search_header FROM messages \
              WHERE mailbox_id = $1 ORDER BY uid",
         )
         .bind(source.id)
@@ -236,8 +236,8 @@ impl Store {
             let new_uid = first_uid + i64::try_from(offset).unwrap_or(i64::MAX);
             let blob: String = row.try_get(1)?;
             sqlx::query(
-                "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq, \
+                 search_header) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(target.id)
             .bind(new_uid)
@@ -246,6 +246,7 @@ impl Store {
             .bind(row.try_get::<i64, _>(3)?)
             .bind(row.try_get::<String, _>(4)?)
             .bind(modseq)
+            .bind(row.try_get::<String, _>(5)?)
             .execute(&mut *tx)
             .await?;
             if !move_messages {

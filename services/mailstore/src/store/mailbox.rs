@@ -72,6 +72,7 @@ impl Store {
         // harmless, a reference without its blob would not be.
         let blob = self.blobs.put(new.message).await?;
         let size = i64::try_from(new.message.len()).unwrap_or(i64::MAX);
+        let search_header = super::metadata::search_header(new.message);
         let now = now_ms();
         let internal_date = if new.internal_date_ms > 0 {
             new.internal_date_ms
@@ -120,8 +121,8 @@ impl Store {
         let uid: i64 = row.try_get(0)?;
         let modseq: i64 = row.try_get(1)?;
         sqlx::query(
-            "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq, \
+             search_header) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(mailbox.id)
         .bind(uid)
@@ -130,6 +131,7 @@ impl Store {
         .bind(internal_date)
         .bind(&flags)
         .bind(modseq)
+        .bind(&search_header)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -210,15 +212,38 @@ impl Store {
 
     /// Metadata of every message in a mailbox, in UID order.
     pub async fn list_messages(&self, account: &str, mailbox: &str) -> Result<Vec<MessageInfo>> {
+        self.list_messages_with(account, mailbox, false).await
+    }
+
+    /// [`Store::list_messages`], with each message's search header when
+    /// `with_search_header` (IMAP SEARCH on header keys).
+    pub async fn list_messages_with(
+        &self,
+        account: &str,
+        mailbox: &str,
+        with_search_header: bool,
+    ) -> Result<Vec<MessageInfo>> {
         let mailbox = self.mailbox_ref(account, mailbox).await?;
-        let rows = sqlx::query(
+        let sql = if with_search_header {
+            "SELECT uid, flags, size, internal_date_ms, modseq, search_header FROM messages \
+             WHERE mailbox_id = $1 ORDER BY uid"
+        } else {
             "SELECT uid, flags, size, internal_date_ms, modseq FROM messages \
-             WHERE mailbox_id = $1 ORDER BY uid",
-        )
-        .bind(mailbox.id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(message_info).collect()
+             WHERE mailbox_id = $1 ORDER BY uid"
+        };
+        let rows = sqlx::query(sql)
+            .bind(mailbox.id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let mut info = message_info(row)?;
+                if with_search_header {
+                    info.search_header = row.try_get(5)?;
+                }
+                Ok(info)
+            })
+            .collect()
     }
 
     pub async fn fetch_body(&self, account: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
@@ -447,5 +472,6 @@ pub(super) fn message_info(row: &AnyRow) -> Result<MessageInfo> {
         size: to_u64(row.try_get(2)?, "size")?,
         internal_date_ms: row.try_get(3)?,
         modseq: to_u64(row.try_get(4)?, "modseq")?,
+        search_header: String::new(),
     })
 }

@@ -11,6 +11,7 @@ mod directory;
 mod dkim;
 mod folders;
 mod mailbox;
+pub mod metadata;
 pub mod names;
 
 use std::path::Path;
@@ -85,6 +86,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sqlite: include_str!("../../migrations/sqlite/0003_dkim_keys.sql"),
         postgres: include_str!("../../migrations/postgres/0003_dkim_keys.sql"),
+    },
+    Migration {
+        version: 4,
+        sqlite: include_str!("../../migrations/sqlite/0004_search_header.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_search_header.sql"),
     },
 ];
 
