@@ -288,6 +288,25 @@ async fn dkim_pass_with_independent_signer_and_fail_on_altered_body() {
         assert_ne!(verdict.action(), Action::Reject, "{:?}", fired(&verdict));
     }
 
+    // Every signature is verified and reported (RFC 6376 §6.1): one by
+    // sender.test with RSA, one by a third party whose key is not
+    // published; DMARC passes on the aligned one.
+    let twice = world.sign_rsa("sender.test", &world.sign_ed25519("plain.test", &original));
+    let verdict = engine
+        .check(request(
+            SPOOF_IP,
+            "forwarder.invalid",
+            "fwd@plain.test",
+            twice,
+        ))
+        .await
+        .unwrap();
+    let ar = auth_results(&verdict);
+    assert_eq!(ar.matches("dkim=").count(), 2, "{ar}");
+    assert!(ar.contains("dkim=pass header.d=sender.test"), "{ar}");
+    assert!(ar.contains("header.d=plain.test"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+
     // The same signature over an altered body fails, and DMARC with
     // p=reject refuses it in the session.
     let mut altered = world.sign_ed25519("sender.test", &original);
