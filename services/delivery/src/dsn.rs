@@ -5,6 +5,9 @@
 //! server's reply), and the original message's headers (or the whole
 //! message when the sender asked for `RET=FULL`, RFC 3461 §4.3).
 //!
+//! The same report with `Action: delayed` warns the sender that a message
+//! is still being retried after `delivery.delay_warning_after`.
+//!
 //! A DSN goes out with the null reverse-path (RFC 5321 §4.5.5), so a DSN
 //! about a DSN can never be sent: no loops.
 
@@ -12,18 +15,16 @@ use mailfleet_proto::queue::{QueueEntry, Recipient};
 
 use crate::wire;
 
-/// One recipient reported as failed.
-#[derive(Debug, Clone)]
-pub struct Failed<'a> {
-    pub recipient: &'a Recipient,
-}
-
 /// Everything a DSN is built from.
 pub struct Report<'a> {
     /// Our name: `Reporting-MTA` and the From domain.
     pub hostname: &'a str,
     pub entry: &'a QueueEntry,
+    /// The recipients reported: failed ones, or delayed ones.
     pub failed: Vec<&'a Recipient>,
+    /// `Some(until)`: a delay warning (RFC 3464 `Action: delayed`), the
+    /// message retried until then; `None`: a failure report.
+    pub delayed_until_ms: Option<i64>,
     /// The spooled message; `None` when it is lost.
     pub original: Option<&'a [u8]>,
     /// Unix milliseconds now.
@@ -39,9 +40,17 @@ pub fn wants_failure_report(recipient: &Recipient) -> bool {
     notify.is_empty() || notify.split(',').any(|n| n.trim() == "FAILURE")
 }
 
+/// Whether the sender wants to hear that delivery to `recipient` is
+/// delayed (RFC 3461 §4.1; no NOTIFY means FAILURE,DELAY).
+pub fn wants_delay_report(recipient: &Recipient) -> bool {
+    let notify = recipient.dsn_notify.to_ascii_uppercase();
+    notify.is_empty() || notify.split(',').any(|n| n.trim() == "DELAY")
+}
+
 /// Builds the DSN message (CRLF line endings).
 pub fn build(report: &Report<'_>) -> Vec<u8> {
     let entry = report.entry;
+    let delayed = report.delayed_until_ms;
     let boundary = format!("mailfleet-dsn-{}", report.unique);
     let date = rfc5322_date(report.now_ms);
     let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect::<String>() };
@@ -56,7 +65,11 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         report.hostname
     ));
     line(&format!("To: <{}>", clean(&entry.mail_from)));
-    line("Subject: Undelivered Mail Returned to Sender");
+    line(if delayed.is_some() {
+        "Subject: Delayed Mail (still being retried)"
+    } else {
+        "Subject: Undelivered Mail Returned to Sender"
+    });
     line(&format!("Date: {date}"));
     line(&format!(
         "Message-ID: <{}.dsn@{}>",
@@ -79,8 +92,16 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     line("");
     line(&format!("This is the mail system at {}.", report.hostname));
     line("");
-    line("Your message could not be delivered to one or more recipients.");
-    line("It was not delivered to:");
+    if let Some(until) = delayed {
+        line("Your message has not been delivered yet to one or more recipients.");
+        line(&format!(
+            "It is still being retried, until {}; you need not send it again:",
+            rfc5322_date(until)
+        ));
+    } else {
+        line("Your message could not be delivered to one or more recipients.");
+        line("It was not delivered to:");
+    }
     line("");
     for r in &report.failed {
         line(&format!(
@@ -121,9 +142,15 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
             line(&format!("Original-Recipient: {}", clean(&r.dsn_orcpt)));
         }
         line(&format!("Final-Recipient: rfc822; {}", clean(&r.address)));
-        line("Action: failed");
+        line(if delayed.is_some() {
+            "Action: delayed"
+        } else {
+            "Action: failed"
+        });
         let status = if r.status_code.starts_with('5') || r.status_code.starts_with('4') {
             clean(&r.status_code)
+        } else if delayed.is_some() {
+            "4.0.0".into()
         } else {
             "5.0.0".into()
         };
@@ -146,6 +173,9 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
                 "Last-Attempt-Date: {}",
                 rfc5322_date(r.last_attempt_at_ms)
             ));
+        }
+        if let Some(until) = delayed {
+            line(&format!("Will-Retry-Until: {}", rfc5322_date(until)));
         }
     }
     line("");
@@ -222,6 +252,43 @@ mod tests {
     }
 
     #[test]
+    fn delay_report() {
+        let waiting = Recipient {
+            address: "slow@remote.test".into(),
+            status_code: "4.7.1".into(),
+            remote_reply: "451 4.7.1 later".into(),
+            ..Recipient::default()
+        };
+        let entry = QueueEntry {
+            mail_from: "alice@example.test".into(),
+            ..QueueEntry::default()
+        };
+        let text = String::from_utf8(build(&Report {
+            hostname: "mx.example.test",
+            entry: &entry,
+            failed: vec![&waiting],
+            original: None,
+            now_ms: 0,
+            unique: "d1",
+            delayed_until_ms: Some(432_000_000),
+        }))
+        .unwrap();
+        assert!(text.contains("Subject: Delayed Mail (still being retried)\r\n"));
+        assert!(
+            text.contains("Action: delayed\r\nStatus: 4.7.1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Will-Retry-Until: Tue, 6 Jan 1970 00:00:00 +0000\r\n"),
+            "{text}"
+        );
+        let mut r = Recipient::default();
+        assert!(wants_delay_report(&r));
+        r.dsn_notify = "FAILURE".into();
+        assert!(!wants_delay_report(&r));
+    }
+
+    #[test]
     fn notify() {
         let mut r = Recipient::default();
         assert!(wants_failure_report(&r));
@@ -263,6 +330,7 @@ mod tests {
             original: Some(original),
             now_ms: 1_795_608_060_000,
             unique: "u1",
+            delayed_until_ms: None,
         });
         let text = String::from_utf8(dsn).unwrap();
         for expected in [

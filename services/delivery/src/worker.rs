@@ -138,6 +138,8 @@ impl Worker {
         }
 
         self.send_dsn(&mut entry, spooled.as_deref(), &*spool).await;
+        self.warn_delay(&mut entry, spooled.as_deref(), &*spool)
+            .await;
         self.finish(leased, entry, &*spool).await
     }
 
@@ -418,6 +420,62 @@ impl Worker {
         }
     }
 
+    /// One delay warning (RFC 3464 `Action: delayed`) for the recipients
+    /// still pending `delivery.delay_warning_after` after arrival, once
+    /// per recipient; never to `<>`, never about a DSN.
+    async fn warn_delay(
+        &self,
+        entry: &mut QueueEntry,
+        spooled: Option<&[u8]>,
+        spool: &dyn BlobStore,
+    ) {
+        let Some(after) = self.ctx.config.delivery.delay_warning() else {
+            return;
+        };
+        let now = now_ms();
+        let due = entry
+            .received_at_ms
+            .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+        if now < due {
+            return;
+        }
+        let owed: Vec<usize> = (0..entry.recipients.len())
+            .filter(|i| {
+                let r = &entry.recipients[*i];
+                route::is_pending(r) && r.attempts > 0 && !r.delay_warned
+            })
+            .collect();
+        if owed.is_empty() {
+            return;
+        }
+        let reportable: Vec<usize> = if entry.mail_from.is_empty() || entry.is_dsn {
+            Vec::new()
+        } else {
+            owed.iter()
+                .copied()
+                .filter(|i| dsn::wants_delay_report(&entry.recipients[*i]))
+                .collect()
+        };
+        if !reportable.is_empty() {
+            let until = self.expiry(entry);
+            match self
+                .enqueue_dsn(entry, &reportable, spooled, spool, Some(until))
+                .await
+            {
+                Ok(id) => {
+                    tracing::info!(dsn_queue_id = %id, recipients = reportable.len(), "delay warning enqueued")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot enqueue delay warning, will retry");
+                    return;
+                }
+            }
+        }
+        for i in owed {
+            entry.recipients[i].delay_warned = true;
+        }
+    }
+
     /// One DSN for every recipient that failed for good and was not yet
     /// reported, to the envelope sender — never to `<>`, never about a DSN.
     async fn send_dsn(
@@ -441,7 +499,10 @@ impl Worker {
                 .collect()
         };
         if !reportable.is_empty() {
-            match self.enqueue_dsn(entry, &reportable, spooled, spool).await {
+            match self
+                .enqueue_dsn(entry, &reportable, spooled, spool, None)
+                .await
+            {
                 Ok(id) => {
                     tracing::info!(dsn_queue_id = %id, recipients = reportable.len(), "bounce enqueued")
                 }
@@ -463,9 +524,15 @@ impl Worker {
         reportable: &[usize],
         spooled: Option<&[u8]>,
         spool: &dyn BlobStore,
+        delayed_until_ms: Option<i64>,
     ) -> Result<String, String> {
         let failed: Vec<&Recipient> = reportable.iter().map(|i| &entry.recipients[*i]).collect();
-        let id = dsn_queue_id(&entry.id, &failed);
+        let kind = if delayed_until_ms.is_some() {
+            "delayed"
+        } else {
+            "failed"
+        };
+        let id = dsn_queue_id(&entry.id, kind, &failed);
         // The sender gets it like any mail: local account or remote MX.
         let account = match self.lookup(&entry.mail_from).await? {
             Lookup::Local(account) => account,
@@ -484,6 +551,7 @@ impl Worker {
             original: spooled,
             now_ms: now,
             unique: &id,
+            delayed_until_ms,
         });
         let blob = spool.put(&message).await.map_err(|e| e.to_string())?;
         let bounce = QueueEntry {
@@ -537,11 +605,13 @@ enum Lookup {
 /// The same failed recipients of the same entry always give the same DSN
 /// id, so a DSN enqueued twice (crash before the entry was written back)
 /// is stored once. A UUID (version 8, RFC 9562) from a SHA-256.
-pub fn dsn_queue_id(queue_id: &str, failed: &[&Recipient]) -> String {
+pub fn dsn_queue_id(queue_id: &str, kind: &str, failed: &[&Recipient]) -> String {
     let mut addresses: Vec<&str> = failed.iter().map(|r| r.address.as_str()).collect();
     addresses.sort_unstable();
     let mut hash = Sha256::new();
     hash.update(b"mailfleet-dsn\0");
+    hash.update(kind.as_bytes());
+    hash.update(b"\0");
     hash.update(queue_id.as_bytes());
     for address in addresses {
         hash.update(b"\0");
@@ -569,9 +639,11 @@ mod tests {
             address: "b@x".into(),
             ..Recipient::default()
         };
-        assert_eq!(dsn_queue_id("q", &[&a, &b]), dsn_queue_id("q", &[&b, &a]));
-        assert_ne!(dsn_queue_id("q", &[&a]), dsn_queue_id("q", &[&a, &b]));
-        assert_ne!(dsn_queue_id("q", &[&a]), dsn_queue_id("r", &[&a]));
-        assert_eq!(dsn_queue_id("q", &[&a]).len(), 36);
+        let id = |q, kind, r: &[&Recipient]| dsn_queue_id(q, kind, r);
+        assert_eq!(id("q", "failed", &[&a, &b]), id("q", "failed", &[&b, &a]));
+        assert_ne!(id("q", "failed", &[&a]), id("q", "failed", &[&a, &b]));
+        assert_ne!(id("q", "failed", &[&a]), id("r", "failed", &[&a]));
+        assert_ne!(id("q", "failed", &[&a]), id("q", "delayed", &[&a]));
+        assert_eq!(id("q", "failed", &[&a]).len(), 36);
     }
 }

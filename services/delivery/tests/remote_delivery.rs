@@ -426,3 +426,39 @@ async fn smarthost_refusing_credentials_defers() {
         "no bounce"
     );
 }
+
+/// `delivery.delay_warning_after`: a message still deferred after it gets
+/// one "delayed" DSN (Action: delayed, Will-Retry-Until), not one per retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_delay_warning_while_retrying() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(18), port, Mode::DeferAlways, None).await;
+    let dns = DnsServer::start([Zone::new("slow.test").mx("@", 10, "mx").a("mx", ipv4(18))]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.delay_warning_after = "1s".into();
+    })
+    .await;
+    node.send("alice@example.com", &["ray@slow.test"], MESSAGE)
+        .await;
+    common::wait_for("the delay warning", || async {
+        !node.inbox("alice@example.com").await.is_empty()
+    })
+    .await;
+    // Several more attempts: still one warning, and the entry still queued.
+    common::wait_for("more attempts", || async { peer.connections() >= 4 }).await;
+    let warnings = node.inbox("alice@example.com").await;
+    assert_eq!(warnings.len(), 1);
+    let dsn = &warnings[0];
+    assert!(
+        dsn.contains("Subject: Delayed Mail (still being retried)\r\n"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains(
+            "Final-Recipient: rfc822; ray@slow.test\r\nAction: delayed\r\nStatus: 4.7.1\r\n"
+        ),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Will-Retry-Until: "), "{dsn}");
+    assert_eq!(node.depth().await, 1, "still being retried");
+}

@@ -246,6 +246,9 @@ pub struct Delivery {
     pub retry_intervals: Vec<String>,
     /// How long a message is retried before it bounces ("5d").
     pub max_queue_lifetime: String,
+    /// After how long in the queue the sender is told that a message is
+    /// still being retried (a DSN with Action: delayed); "" never.
+    pub delay_warning_after: String,
     /// TCP port of remote MX servers: 25, another one in tests.
     pub remote_smtp_port: u16,
     /// Connections at once to one remote domain, over every worker of the
@@ -277,6 +280,7 @@ impl Default for Delivery {
                 .map(String::from)
                 .to_vec(),
             max_queue_lifetime: "5d".into(),
+            delay_warning_after: "4h".into(),
             remote_smtp_port: 25,
             max_connections_per_domain: 10,
             messages_per_domain_per_minute: 0,
@@ -296,6 +300,11 @@ impl Delivery {
             .iter()
             .filter_map(|s| parse_duration(s))
             .collect()
+    }
+
+    /// `delay_warning_after` parsed; `None` when "" (no warnings).
+    pub fn delay_warning(&self) -> Option<Duration> {
+        parse_duration(&self.delay_warning_after)
     }
 
     /// `relay_host` as (host, port); `None` when empty or invalid.
@@ -694,6 +703,14 @@ impl Config {
             problems.push(format!(
                 "delivery.relay_host = {:?} is not \"host\" or \"host:port\"",
                 self.delivery.relay_host
+            ));
+        }
+        if !self.delivery.delay_warning_after.is_empty()
+            && parse_duration(&self.delivery.delay_warning_after).is_none()
+        {
+            problems.push(format!(
+                "delivery.delay_warning_after = {:?} is not a duration like \"4h\" (or \"\")",
+                self.delivery.delay_warning_after
             ));
         }
         if self.delivery.remote_smtp_port == 0 {
