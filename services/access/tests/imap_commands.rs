@@ -594,3 +594,38 @@ async fn imap4rev2_and_searchres() {
     let lines = c.imap("r9", "FETCH $ (UID)").await;
     assert_eq!(lines, ["r9 OK FETCH completed"]);
 }
+
+/// Flag changes by another session reach this one as unsolicited FETCH;
+/// this session's own changes are not repeated.
+#[tokio::test]
+async fn flag_changes_of_another_session_are_reported() {
+    let (store, mut a) = selected().await;
+    let mut b = login(&store).await;
+    b.imap("b0", "SELECT INBOX").await;
+    let lines = a.imap("a1", "STORE 2 +FLAGS (\\Seen)").await;
+    assert_eq!(
+        lines,
+        ["* 2 FETCH (FLAGS (\\Seen))", "a1 OK STORE completed"]
+    );
+    b.imap("b1", "STORE 1 +FLAGS.SILENT (\\Flagged)").await;
+    let lines = a.imap("a2", "NOOP").await;
+    assert_eq!(
+        lines,
+        [
+            "* 1 FETCH (UID 1 FLAGS (\\Flagged))",
+            "a2 OK NOOP completed"
+        ]
+    );
+    let lines = a.imap("a3", "NOOP").await;
+    assert_eq!(lines, ["a3 OK NOOP completed"]);
+    // B hears A's \Seen (with MODSEQ once CONDSTORE is on).
+    b.imap("b2", "ENABLE CONDSTORE").await;
+    let lines = b.imap("b3", "NOOP").await;
+    assert_eq!(
+        lines,
+        [
+            "* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ (4))",
+            "b3 OK NOOP completed"
+        ]
+    );
+}

@@ -41,6 +41,15 @@ async fn run_serves_both_protocols_reports_readiness_and_drains() {
     let mut config = Config::default();
     config.listen.imap = format!("127.0.0.1:{imap_port}");
     config.listen.pop3 = format!("127.0.0.1:{pop3_port}");
+    // No implicit-TLS listeners on the fixed default ports (they may be
+    // taken); the self-signed certificate goes to a private directory.
+    config.listen.imaps = String::new();
+    config.listen.pop3s = String::new();
+    config.data_dir = std::env::temp_dir().join(format!(
+        "mailfleet-access-service-{}-{}",
+        std::process::id(),
+        imap_port
+    ));
     // Nobody listens here: logins must fail softly, not hang or crash.
     config.services.mailstore_url = format!("http://127.0.0.1:{}", free_port());
     let ctx = Context::new(config);

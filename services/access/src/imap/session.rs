@@ -4,7 +4,7 @@
 //! return [`Reply`] values; only the loop (and IDLE, which is a loop of its
 //! own) writes to the stream.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -137,6 +137,10 @@ struct Mailbox {
     name: String,
     read_only: bool,
     uids: Vec<u32>,
+    /// The MODSEQ of each message as this session last reported it: a
+    /// higher one in the mailstore is a flag change by someone else, sent
+    /// as an unsolicited FETCH (RFC 9051 §7.4.2, §5.2).
+    modseqs: HashMap<u32, u64>,
 }
 
 /// What reading one command produced.
@@ -1242,6 +1246,7 @@ impl Session {
                 name,
                 read_only,
                 uids,
+                modseqs: messages.iter().map(|m| (m.uid, m.modseq)).collect(),
             },
         };
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
@@ -1262,7 +1267,8 @@ impl Session {
         if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
             self.condstore = true;
         }
-        let State::Selected { account, mailbox } = &self.state else {
+        let condstore = self.condstore;
+        let State::Selected { account, mailbox } = &mut self.state else {
             return Reply::bad("no mailbox selected");
         };
         let targets = match resolve(set, uid, &mailbox.uids) {
@@ -1322,6 +1328,7 @@ impl Session {
                     Ok(updated) => {
                         info.flags = updated.flags;
                         info.modseq = updated.modseq;
+                        mailbox.modseqs.insert(message_uid, updated.modseq);
                         flags_changed = true;
                     }
                     Err(error) => return store_failure(error),
@@ -1334,7 +1341,7 @@ impl Session {
                 &info,
                 body.as_deref(),
                 flags_changed,
-                self.condstore,
+                condstore,
             ));
         }
         Reply::ok(format!("{}FETCH completed", if uid { "UID " } else { "" })).untagged(lines)
@@ -1356,7 +1363,7 @@ impl Session {
             self.condstore = true;
         }
         let condstore = self.condstore;
-        let State::Selected { account, mailbox } = &self.state else {
+        let State::Selected { account, mailbox } = &mut self.state else {
             return Reply::bad("no mailbox selected");
         };
         if mailbox.read_only {
@@ -1403,6 +1410,8 @@ impl Session {
                 Err(AccessError::NotFound(_)) => continue,
                 Err(error) => return store_failure(error),
             };
+            // Our own change: not to be reported again by the next sync.
+            mailbox.modseqs.insert(message_uid, info.modseq);
             if silent && !condstore {
                 continue;
             }
@@ -1665,13 +1674,41 @@ impl Session {
                 }
             }
         }
+        // Flag changes made elsewhere to messages this session knows.
+        for message in &messages {
+            let Some(known) = mailbox.modseqs.get_mut(&message.uid) else {
+                continue;
+            };
+            if message.modseq <= *known {
+                continue;
+            }
+            *known = message.modseq;
+            let Ok(index) = mailbox.uids.binary_search(&message.uid) else {
+                continue;
+            };
+            let modseq = if self.condstore {
+                format!(" MODSEQ ({})", message.modseq)
+            } else {
+                String::new()
+            };
+            lines.push(untagged(&format!(
+                "{} FETCH (UID {} FLAGS {}{modseq})",
+                index + 1,
+                message.uid,
+                flag_list(&message.flags)
+            )));
+        }
         let known_max = mailbox.uids.last().copied().unwrap_or(0);
         let before = mailbox.uids.len();
-        mailbox
-            .uids
-            .extend(messages.iter().map(|m| m.uid).filter(|&u| u > known_max));
+        for message in messages.iter().filter(|m| m.uid > known_max) {
+            mailbox.uids.push(message.uid);
+            mailbox.modseqs.insert(message.uid, message.modseq);
+        }
         if mailbox.uids.len() != before {
             lines.push(untagged(&format!("{} EXISTS", mailbox.uids.len())));
+        }
+        if allow_expunge {
+            mailbox.modseqs.retain(|uid, _| current.contains(uid));
         }
         lines
     }
