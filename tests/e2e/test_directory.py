@@ -24,14 +24,17 @@ def inbox_count(server, user, password):
 def test_alias_and_catch_all(single_node):
     single_node.add_user(ALICE, ALICE_PW)
     single_node.add_user(BOB, BOB_PW)
-    out = single_node.cli("alias", "add", "Team@Example.test", ALICE).stdout
+    out = single_node.cli("alias", "add", "Team@Example.test", ALICE, BOB).stdout
     assert "team@example.test" in out.lower(), out
-    assert "team@example.test -> alice@example.test" in single_node.cli("alias", "list").stdout
+    listed = single_node.cli("alias", "list").stdout
+    assert "team@example.test -> alice@example.test, bob@example.test" in listed, listed
 
     code, text = send(single_node, "carol@remote.test", ["team@example.test"],
                       make_message("carol@remote.test", "team@example.test", subject="to the team"))
     assert code == 250, text
+    # Every account of the alias gets it.
     wait_for_messages(single_node, ALICE, ALICE_PW, 1)
+    wait_for_messages(single_node, BOB, BOB_PW, 1)
 
     # An alias may not shadow an account; unknown targets are refused.
     assert single_node.cli("alias", "add", BOB, ALICE, check=False).returncode != 0
@@ -47,7 +50,7 @@ def test_alias_and_catch_all(single_node):
     code, text = send(single_node, "carol@remote.test", ["random@example.test"],
                       make_message("carol@remote.test", "random@example.test", subject="caught"))
     assert code == 250, text
-    wait_for_messages(single_node, BOB, BOB_PW, 1)
+    wait_for_messages(single_node, BOB, BOB_PW, 2)
     single_node.cli("catch-all", "clear", "example.test")
     with smtplib.SMTP(single_node.host, single_node.ports["smtp"], timeout=30) as s:
         s.ehlo("client.tests")

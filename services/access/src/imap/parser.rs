@@ -924,6 +924,8 @@ fn parse_append(c: &mut Cursor<'_>) -> Parsed<CommandBody> {
         date_ms = Some(parse_date_time(&raw).ok_or("invalid date-time")?);
         c.space()?;
     }
+    // RFC 3516 §4.2 (BINARY): the message may be a literal8, `~{n}`.
+    c.eat(b'~');
     let message = c.literal_raw()?;
     Ok(CommandBody::Append {
         mailbox,
@@ -1904,6 +1906,25 @@ mod tests {
         ] {
             assert!(parse(input).is_err(), "{input}");
         }
+    }
+
+    #[test]
+    fn append_forms() {
+        assert_eq!(
+            body("a APPEND Drafts (\\Draft) \"07-Feb-2024 10:00:00 +0100\" {3+}\r\nx\0y"),
+            CommandBody::Append {
+                mailbox: "Drafts".into(),
+                flags: vec!["\\Draft".into()],
+                date_ms: Some(1_707_296_400_000),
+                message: b"x\0y".to_vec(),
+            }
+        );
+        let CommandBody::Append { message, .. } = body("a APPEND INBOX ~{2}\r\nhi") else {
+            panic!()
+        };
+        assert_eq!(message, b"hi");
+        assert!(parse("a APPEND INBOX \"32-Feb-2024 10:00:00 +0100\" {1}\r\nx").is_err());
+        assert!(parse("a APPEND INBOX").is_err());
     }
 
     #[test]
