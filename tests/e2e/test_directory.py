@@ -95,3 +95,26 @@ def test_quota_defers_delivery_and_refuses_append(single_node):
     typ, data = m.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"x" * 2000 + b"\r\n")
     assert typ == "OK", data
     m.logout()
+
+
+def test_over_quota_bounces_with_5_2_2_when_configured_permanent(tmp_path):
+    from conftest import SingleNode
+    from mail import imap_fetch_all
+
+    node = SingleNode(tmp_path / "data")
+    node.start(extra_env={"MAILFLEET__MAILSTORE__OVER_QUOTA_PERMANENT": "true"})
+    try:
+        node.add_user(ALICE, ALICE_PW)
+        node.add_user(BOB, BOB_PW)
+        node.cli("quota", "set", ALICE, "1K")
+        code, text = send(node, BOB, [ALICE],
+                          make_message(BOB, ALICE, subject="too big", body="z" * 4000 + "\r\n"))
+        assert code == 250, text
+        # The DSN (RFC 3464) comes back to the local sender, mailbox full.
+        wait_for_messages(node, BOB, BOB_PW, 1)
+        [dsn] = imap_fetch_all(node, BOB, BOB_PW)
+        report = dsn.as_string()
+        assert "Status: 5.2.2" in report, report
+        assert inbox_count(node, ALICE, ALICE_PW) == 0
+    finally:
+        node.stop()

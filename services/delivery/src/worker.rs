@@ -254,10 +254,17 @@ impl Worker {
             }
             Err(status) => {
                 let text = format!("mailstore: {:?}: {}", status.code(), status.message());
+                // Over quota: RESOURCE_EXHAUSTED, or FAILED_PRECONDITION
+                // "quota exceeded" with mailstore.over_quota_permanent
+                // (RFC 3463 X.2.2, mailbox full).
+                let over_quota = status.code() == tonic::Code::ResourceExhausted
+                    || status.message().starts_with("quota exceeded");
                 if route::is_permanent(status.code()) {
-                    Err(DeliveryError::Permanent(Diagnostic::local("5.1.1", text)))
+                    let code = if over_quota { "5.2.2" } else { "5.1.1" };
+                    Err(DeliveryError::Permanent(Diagnostic::local(code, text)))
                 } else {
-                    Err(DeliveryError::Transient(Diagnostic::local("4.3.0", text)))
+                    let code = if over_quota { "4.2.2" } else { "4.3.0" };
+                    Err(DeliveryError::Transient(Diagnostic::local(code, text)))
                 }
             }
         }
