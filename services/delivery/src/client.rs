@@ -8,9 +8,11 @@
 //! by [`crate::reply`]; nothing the server sends can make us panic, only
 //! end the attempt with an [`SmtpError`].
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -315,26 +317,130 @@ impl Connection {
     }
 }
 
-/// Connects to `addr` and runs one transaction. `host` is the MX name, for
-/// SNI and certificate verification.
+/// An open SMTP session, past EHLO (and STARTTLS and AUTH when they apply),
+/// ready for a transaction.
+pub struct Session {
+    conn: Connection,
+    ext: Extensions,
+    tls: Option<TlsOutcome>,
+    idle_since: Instant,
+}
+
+/// Idle sessions kept for the next message to the same MX address, so a
+/// burst of mail to one destination does not pay for a connection, a TLS
+/// handshake and EHLO each time. Shared by the workers of a process.
+#[derive(Clone, Default)]
+pub struct Pool {
+    idle: Arc<Mutex<IdleSessions>>,
+}
+
+/// Idle sessions by MX address and name.
+type IdleSessions = HashMap<(SocketAddr, String), Vec<Session>>;
+
+/// How long an idle session is kept (well under the 5 minutes a server
+/// waits for the next command, RFC 5321 §4.5.3.2.7).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle sessions kept per MX address.
+const POOL_PER_ADDRESS: usize = 4;
+
+impl Pool {
+    fn take(&self, addr: SocketAddr, host: &str) -> (Option<Session>, Vec<Session>) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return (None, Vec::new());
+        };
+        let Some(sessions) = idle.get_mut(&(addr, host.to_owned())) else {
+            return (None, Vec::new());
+        };
+        let (fresh, stale): (Vec<Session>, Vec<Session>) = sessions
+            .drain(..)
+            .partition(|s| s.idle_since.elapsed() < POOL_IDLE);
+        *sessions = fresh;
+        (sessions.pop(), stale)
+    }
+
+    /// Keeps `session`, or gives it back when the pool is full.
+    fn put(&self, addr: SocketAddr, host: &str, mut session: Session) -> Option<Session> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Some(session);
+        };
+        let sessions = idle.entry((addr, host.to_owned())).or_default();
+        if sessions.len() >= POOL_PER_ADDRESS {
+            return Some(session);
+        }
+        session.idle_since = Instant::now();
+        sessions.push(session);
+        None
+    }
+}
+
+/// Runs one transaction with the MX at `addr` (`host` is its name, for SNI
+/// and certificate verification): on an idle session of `pool` when there
+/// is one that still answers, else on a new connection. The session goes
+/// back to the pool afterwards unless the server is closing it.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
     settings: &ClientSettings,
+    pool: Option<&Pool>,
     envelope: &Envelope<'_>,
 ) -> Result<Transaction, SmtpError> {
-    let stream = tokio::time::timeout(settings.timeouts.connect, connect(addr, settings.source_ip))
-        .await
-        .map_err(|_| SmtpError::Timeout {
-            stage: Stage::Connect,
-        })?
-        .map_err(|source| SmtpError::Io {
-            stage: Stage::Connect,
-            source,
-        })?;
-    // Small commands, pipelined or not: do not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    deliver_over(Box::new(stream), host, settings, envelope).await
+    let t = &settings.timeouts;
+    let mut session = None;
+    if let Some(pool) = pool {
+        let (idle, stale) = pool.take(addr, host);
+        for mut old in stale {
+            old.conn.quit(t.command).await;
+        }
+        if let Some(mut idle) = idle {
+            // RFC 5321 §4.1.1.5: RSET starts a clean transaction; a server
+            // that hung up meanwhile is simply replaced.
+            if idle
+                .conn
+                .command(Stage::Mail, "RSET\r\n", t.mail)
+                .await
+                .is_ok()
+            {
+                session = Some(idle);
+            }
+        }
+    }
+    let mut session = match session {
+        Some(session) => session,
+        None => {
+            let stream = tokio::time::timeout(t.connect, connect(addr, settings.source_ip))
+                .await
+                .map_err(|_| SmtpError::Timeout {
+                    stage: Stage::Connect,
+                })?
+                .map_err(|source| SmtpError::Io {
+                    stage: Stage::Connect,
+                    source,
+                })?;
+            // Small commands, pipelined or not: do not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            open(Box::new(stream), host, settings).await?
+        }
+    };
+    let result = transaction(&mut session.conn, &session.ext, t, envelope).await;
+    let tls = session.tls.clone();
+    // On a 5xx/4xx for the whole transaction the server still talks (421
+    // excepted: it is closing); on an I/O error there is nobody left.
+    let talking = match &result {
+        Ok(_) => true,
+        Err(SmtpError::Rejected { reply, .. }) => reply.code != 421,
+        Err(_) => false,
+    };
+    if talking {
+        let leftover = match pool {
+            Some(pool) => pool.put(addr, host, session),
+            None => Some(session),
+        };
+        if let Some(mut session) = leftover {
+            session.conn.quit(t.command).await;
+        }
+    }
+    let (rcpt, data) = result?;
+    Ok(Transaction { rcpt, data, tls })
 }
 
 /// A TCP connection to `addr`, from `source` when given.
@@ -351,14 +457,13 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStre
     socket.connect(addr).await
 }
 
-/// The transaction over an established stream (a TCP connection, or an
-/// in-memory duplex in tests).
-async fn deliver_over(
+/// Greeting, EHLO, STARTTLS when offered, AUTH when configured: a session
+/// ready for MAIL.
+async fn open(
     io: Box<dyn Io>,
     host: &str,
     settings: &ClientSettings,
-    envelope: &Envelope<'_>,
-) -> Result<Transaction, SmtpError> {
+) -> Result<Session, SmtpError> {
     let t = &settings.timeouts;
     let mut conn = Connection::new(io);
 
@@ -400,15 +505,35 @@ async fn deliver_over(
     if let Some(credentials) = &settings.auth {
         authenticate(&mut conn, &ext, tls.is_some(), credentials, t).await?;
     }
+    Ok(Session {
+        conn,
+        ext,
+        tls,
+        idle_since: Instant::now(),
+    })
+}
 
-    let result = transaction(&mut conn, &ext, t, envelope).await;
-    // On a 5xx/4xx for the whole transaction the server still talks: end
-    // politely. On an I/O error there is nobody to say goodbye to.
+/// One transaction over an established stream, without a pool (tests over
+/// an in-memory duplex).
+#[cfg(test)]
+async fn deliver_over(
+    io: Box<dyn Io>,
+    host: &str,
+    settings: &ClientSettings,
+    envelope: &Envelope<'_>,
+) -> Result<Transaction, SmtpError> {
+    let t = &settings.timeouts;
+    let mut session = open(io, host, settings).await?;
+    let result = transaction(&mut session.conn, &session.ext, t, envelope).await;
     if matches!(&result, Ok(_) | Err(SmtpError::Rejected { .. })) {
-        conn.quit(t.command).await;
+        session.conn.quit(t.command).await;
     }
     let (rcpt, data) = result?;
-    Ok(Transaction { rcpt, data, tls })
+    Ok(Transaction {
+        rcpt,
+        data,
+        tls: session.tls,
+    })
 }
 
 /// AUTH PLAIN (RFC 4616) to a smarthost; never without TLS, where the

@@ -68,6 +68,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         },
         port: ctx.config.delivery.remote_smtp_port,
         relay: ctx.config.delivery.relay(),
+        pool: client::Pool::default(),
     };
     let metrics = {
         let mut registry = ctx

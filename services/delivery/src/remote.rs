@@ -35,6 +35,8 @@ pub struct Remote {
     /// `delivery.relay_host`: every remote message goes to this smarthost
     /// (host, port) instead of the recipient domain's MX.
     pub relay: Option<(String, u16)>,
+    /// Idle sessions for the next message to the same MX.
+    pub pool: client::Pool,
 }
 
 impl Remote {
@@ -193,14 +195,15 @@ impl Remote {
         host: &str,
         envelope: &Envelope<'_>,
     ) -> Result<client::Transaction, DeliveryError> {
-        match client::deliver(addr, host, &self.client, envelope).await {
+        match client::deliver(addr, host, &self.client, Some(&self.pool), envelope).await {
             Err(error) if error.is_tls_failure() => {
                 tracing::warn!(mx = host, %addr, %error, "starttls failed, retrying in plaintext");
                 let plain = ClientSettings {
                     starttls: false,
                     ..self.client.clone()
                 };
-                client::deliver(addr, host, &plain, envelope)
+                // Not pooled: the next message tries TLS again.
+                client::deliver(addr, host, &plain, None, envelope)
                     .await
                     .map_err(|e| DeliveryError::from_smtp(host, e))
             }

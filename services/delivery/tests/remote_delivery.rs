@@ -80,10 +80,7 @@ async fn deferral_is_retried_and_delivered_exactly_once() {
     node.send("alice@example.com", &["erin@slow.test"], MESSAGE)
         .await;
     node.wait_empty_queue().await;
-    assert!(
-        peer.connections() >= 2,
-        "one deferred attempt, one delivery"
-    );
+    assert_eq!(peer.rcpts_seen(), 2, "one deferred attempt, one delivery");
     // Nothing more comes later either.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = peer.messages();
@@ -187,7 +184,7 @@ async fn expiry_bounces_with_the_last_reply() {
         "{dsn}"
     );
     assert!(dsn.contains("message expired after"), "{dsn}");
-    assert!(peer.connections() >= 2, "retried before expiring");
+    assert!(peer.rcpts_seen() >= 2, "retried before expiring");
     assert!(peer.messages().is_empty());
 }
 
@@ -245,12 +242,12 @@ async fn tls_verification_is_recorded() {
         auth: None,
     };
     let trusted = settings(TlsClient::new(roots));
-    let t = client::deliver(peer.addr, "mx.secure.test", &trusted, &envelope)
+    let t = client::deliver(peer.addr, "mx.secure.test", &trusted, None, &envelope)
         .await
         .unwrap();
     assert_eq!(t.tls, Some(TlsOutcome::Verified));
     // The right CA, the wrong name.
-    let t = client::deliver(peer.addr, "other.test", &trusted, &envelope)
+    let t = client::deliver(peer.addr, "other.test", &trusted, None, &envelope)
         .await
         .unwrap();
     assert!(
@@ -259,7 +256,7 @@ async fn tls_verification_is_recorded() {
         t.tls
     );
     let untrusted = settings(TlsClient::new(rustls::RootCertStore::empty()));
-    let t = client::deliver(peer.addr, "mx.secure.test", &untrusted, &envelope)
+    let t = client::deliver(peer.addr, "mx.secure.test", &untrusted, None, &envelope)
         .await
         .unwrap();
     assert!(matches!(t.tls, Some(TlsOutcome::Unverified(_))));
@@ -445,7 +442,7 @@ async fn one_delay_warning_while_retrying() {
     })
     .await;
     // Several more attempts: still one warning, and the entry still queued.
-    common::wait_for("more attempts", || async { peer.connections() >= 4 }).await;
+    common::wait_for("more attempts", || async { peer.rcpts_seen() >= 4 }).await;
     let warnings = node.inbox("alice@example.com").await;
     assert_eq!(warnings.len(), 1);
     let dsn = &warnings[0];
@@ -461,4 +458,25 @@ async fn one_delay_warning_while_retrying() {
     );
     assert!(dsn.contains("Will-Retry-Until: "), "{dsn}");
     assert_eq!(node.depth().await, 1, "still being retried");
+}
+
+/// Messages in a row to one MX share one connection (RSET between them)
+/// instead of a TCP connection, TLS handshake and EHLO each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_for_the_next_message() {
+    let port = common::free_port();
+    let (acceptor, _ca) = common::peer::tls_for("mx.reuse.test");
+    let peer = Peer::start(loopback(19), port, Mode::Accept, Some(acceptor)).await;
+    let dns = DnsServer::start([Zone::new("reuse.test").mx("@", 10, "mx").a("mx", ipv4(19))]).await;
+    let node = node(&dns, port, |c| c.delivery.workers = 1).await;
+    for i in 0..3 {
+        let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+        node.send("alice@example.com", &["sam@reuse.test"], message.as_bytes())
+            .await;
+        node.wait_empty_queue().await;
+    }
+    let got = peer.messages();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|m| m.tls));
+    assert_eq!(peer.connections(), 1, "one connection for the three");
 }

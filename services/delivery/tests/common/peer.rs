@@ -123,6 +123,11 @@ impl Peer {
         self.state.lock().unwrap().clients.clone()
     }
 
+    /// RCPT commands seen (each one an attempt for one recipient).
+    pub fn rcpts_seen(&self) -> usize {
+        self.state.lock().unwrap().rcpt_seen
+    }
+
     /// The most sessions that were open at once.
     pub fn max_concurrent(&self) -> usize {
         self.state.lock().unwrap().max_active
