@@ -26,6 +26,7 @@ infra_install() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v swaks >/dev/null || missing+=(swaks)
+    command -v mbsync >/dev/null || missing+=(isync)  # IMAP interop (tests/e2e/test_imap_clients.py)
     local cmd
     for cmd in "$@"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
     if [ ${#missing[@]} -gt 0 ]; then
