@@ -268,8 +268,6 @@ def test_mx_recipients_through_aliases_and_catch_all(single_node):
     assert "recipients=2" in log, "smtp-edge queues one recipient per account"
 
 
-@pytest.mark.xfail(reason="delivery's idempotency key is (queue id, address): the second "
-                          "account of a multi-account alias is taken for a duplicate")
 def test_every_account_of_an_alias_gets_the_message(single_node):
     send_to_team_and_catch_all(single_node)
     wait_for_messages(single_node, BOB, BOB_PW, 1, timeout=10)

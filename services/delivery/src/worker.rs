@@ -85,8 +85,17 @@ impl Worker {
                 }
             };
             let Some(leased) = taken else { continue };
-            let span =
-                tracing::info_span!("delivery", queue_id = %leased.entry.id, worker = self.id);
+            let span = tracing::info_span!(
+                "delivery.attempt",
+                queue_id = %leased.entry.id,
+                mail.queue_id = %leased.entry.id,
+                mail.message_id = %leased.entry.message_id,
+                mail.rcpt_count = leased.entry.recipients.len(),
+                worker = self.id,
+            );
+            // One message is one trace: this attempt, however late and on
+            // whichever worker, continues the SMTP session's trace.
+            mailfleet_runtime::trace::set_parent(&span, &leased.entry.traceparent);
             if let Err(error) = self.handle(leased).instrument(span.clone()).await {
                 self.metrics.queue_errors.inc();
                 // The lease runs out and the entry comes back: nothing lost.
@@ -237,7 +246,7 @@ impl Worker {
         spooled: &[u8],
     ) -> Result<(), DeliveryError> {
         let mailbox = route::mailbox_for(verdict);
-        let mut request = tonic::Request::new(DeliverRequest {
+        let mut request = mailfleet_runtime::trace::request(DeliverRequest {
             account: recipient.account.clone(),
             mailbox: mailbox.to_owned(),
             message: route::local_message(mail_from, &recipient.address, spooled),
@@ -334,7 +343,7 @@ impl Worker {
         // An attempt must end well within the lease, or another worker
         // would take the entry and deliver it a second time.
         let budget = Duration::from_secs(self.ctx.config.delivery.lease_secs * 3 / 4);
-        let span = tracing::info_span!("remote", domain);
+        let span = tracing::info_span!("delivery.remote", domain, otel.kind = "client");
         let results = tokio::time::timeout(
             budget,
             self.remote
@@ -380,7 +389,7 @@ impl Worker {
         let Some(domain) = dkim::from_domain(&message) else {
             return Ok(message);
         };
-        let mut request = tonic::Request::new(DkimKeyRequest {
+        let mut request = mailfleet_runtime::trace::request(DkimKeyRequest {
             domain: domain.clone(),
         });
         request.set_timeout(DELIVER_TIMEOUT);
@@ -584,7 +593,7 @@ impl Worker {
     }
 
     async fn lookup(&self, address: &str) -> Result<Lookup, String> {
-        let mut request = tonic::Request::new(LookupRequest {
+        let mut request = mailfleet_runtime::trace::request(LookupRequest {
             address: address.to_owned(),
         });
         request.set_timeout(DELIVER_TIMEOUT);

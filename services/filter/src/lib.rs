@@ -396,6 +396,7 @@ pub async fn serve(
 ) -> Result<(), FilterError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
+        .layer(mailfleet_runtime::trace::GrpcServerLayer)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
     // The listener is bound already: calls queue in its backlog until the

@@ -69,6 +69,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     tracing::info!(%addr, dialect = ?store.dialect(), "mailstore serving");
     ctx.readiness.set(READINESS, true);
     let served = Server::builder()
+        .layer(mailfleet_runtime::trace::GrpcServerLayer)
         .add_service(directory)
         .add_service(mailstore)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())

@@ -35,7 +35,8 @@ impl QueueAcceptor {
     }
 
     async fn verdict(&self, envelope: &Envelope, message: &[u8]) -> Result<Verdict, AcceptError> {
-        let mut request = tonic::Request::new(CheckRequest {
+        // The filter's span continues this message's trace.
+        let mut request = mailfleet_runtime::trace::request(CheckRequest {
             client_ip: envelope.client_ip.to_string(),
             helo: envelope.helo.clone(),
             mail_from: envelope.mail_from.clone(),
@@ -113,6 +114,8 @@ impl QueueAcceptor {
             dsn_ret: envelope.dsn_ret.unwrap_or_default().to_owned(),
             dsn_envid: envelope.dsn_envid.clone().unwrap_or_default(),
             auth_account: envelope.auth_account.clone().unwrap_or_default(),
+            // Every later delivery attempt, on any worker, joins this trace.
+            traceparent: mailfleet_runtime::trace::current_traceparent(),
             ..QueueEntry::default()
         };
         let queue = self.ctx.queue().await.map_err(storage)?;
@@ -127,9 +130,23 @@ impl QueueAcceptor {
 impl Acceptor for QueueAcceptor {
     async fn accept(&self, envelope: &Envelope, message: Vec<u8>) -> Result<String, AcceptError> {
         let id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("message", queue_id = %id);
+        let from_domain = envelope
+            .mail_from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "smtp.message",
+            queue_id = %id,
+            mail.queue_id = %id,
+            mail.message_id = %header_value(&message, "Message-ID").unwrap_or_default(),
+            mail.from_domain = %from_domain,
+            mail.rcpt_count = envelope.recipients.len(),
+            mail.verdict = tracing::field::Empty,
+        );
         async {
             let verdict = self.verdict(envelope, &message).await?;
+            tracing::Span::current().record("mail.verdict", verdict.action().as_str_name());
             tracing::debug!(action = verdict.action, score = verdict.score, "verdict");
             self.store(&id, envelope, &message, &verdict).await?;
             Ok(id.clone())

@@ -34,7 +34,7 @@ impl DirectoryLookup {
 #[async_trait]
 impl RecipientLookup for DirectoryLookup {
     async fn lookup(&self, address: &str) -> Result<Lookup, LookupError> {
-        let mut request = tonic::Request::new(LookupRequest {
+        let mut request = mailfleet_runtime::trace::request(LookupRequest {
             address: address.to_owned(),
         });
         request.set_timeout(LOOKUP_TIMEOUT);
@@ -67,7 +67,7 @@ impl RecipientLookup for DirectoryLookup {
 #[async_trait]
 impl Authenticator for DirectoryLookup {
     async fn authenticate(&self, user: &str, password: &str) -> Result<AuthOutcome, AuthError> {
-        let mut request = tonic::Request::new(AuthRequest {
+        let mut request = mailfleet_runtime::trace::request(AuthRequest {
             address: user.to_owned(),
             password: password.to_owned(),
         });

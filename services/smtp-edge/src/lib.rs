@@ -215,7 +215,7 @@ pub async fn serve_listener(
         };
         let session_id = uuid::Uuid::now_v7().simple().to_string();
         let span = tracing::info_span!(
-            "smtp_session",
+            "smtp.session",
             session_id = %session_id,
             listener = config.mode.name(),
             peer_ip = %peer.ip(),
