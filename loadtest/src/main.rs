@@ -620,6 +620,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "  per connection {:.1} kB RSS, {:.1} kB PSS",
                         r.rss_per_connection_kb, r.pss_per_connection_kb
                     );
+                    println!(
+                        "  after close   {} kB RSS, {} kB PSS ({} processes)",
+                        r.memory_after_close.rss_kb,
+                        r.memory_after_close.pss_kb,
+                        r.memory_after_close.processes
+                    );
                 }
                 println!("  errors      {}", r.errors.describe());
             });

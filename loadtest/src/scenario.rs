@@ -376,6 +376,8 @@ pub struct IdleReport {
     pub alive_after_hold: u64,
     pub memory_before: Memory,
     pub memory_held: Memory,
+    /// One second after every session was closed.
+    pub memory_after_close: Memory,
     pub rss_per_connection_kb: f64,
     pub pss_per_connection_kb: f64,
     pub errors: Errors,
@@ -463,6 +465,11 @@ pub async fn idle(
             Err(_) => errors.add("worker-panic"),
         }
     }
+    // Memory once every session is gone: what the server keeps after a
+    // burst of sessions (allocator caches, per-login buffers) shows here,
+    // apart from what the held sessions themselves cost.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_close = rss::measure(&plan.pids, plan.children);
     let n = established.load(Ordering::Relaxed);
     let per = |after: u64, before: u64| {
         if n == 0 {
@@ -478,6 +485,7 @@ pub async fn idle(
         alive_after_hold,
         memory_before: before,
         memory_held: held,
+        memory_after_close: after_close,
         rss_per_connection_kb: per(held.rss_kb, before.rss_kb),
         pss_per_connection_kb: per(held.pss_kb, before.pss_kb),
         errors,
