@@ -6,6 +6,7 @@ and Redis plus one process per target. Tests drive them with clients nobody
 here wrote: Python's smtplib, imaplib and poplib, and swaks.
 """
 
+import atexit
 import os
 import shutil
 import signal
@@ -24,6 +25,42 @@ LISTEN_KEYS = [
     "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s",
     "admin", "filter_grpc", "mailstore_grpc",
 ]
+
+
+def dns_server_binary():
+    """The testkit's authoritative DNS server (hickory-server), built on demand."""
+    path = ROOT / "target" / "debug" / "examples" / "dns-server"
+    if not path.exists():
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "mailfleet-testkit", "--example", "dns-server"],
+            cwd=ROOT, check=True, timeout=900,
+        )
+    return path
+
+
+_HERMETIC_DNS = None
+
+
+def hermetic_dns():
+    """A DNS server that answers NXDOMAIN for every name, started once.
+
+    Servers under test use it unless a test gives its own, so SPF, DMARC and
+    iprev lookups of test domains never leave the machine and never wait on
+    the host's resolver.
+    """
+    global _HERMETIC_DNS
+    if _HERMETIC_DNS is None:
+        zone = Path(os.environ.get("TMPDIR", "/tmp")) / f"mailfleet-e2e-{os.getpid()}.zone"
+        zone.write_text("$TTL 60\n")
+        proc = subprocess.Popen(
+            [str(dns_server_binary()), f"nothing.invalid={zone}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        line = proc.stdout.readline()
+        assert line.startswith("listening "), line
+        atexit.register(lambda: (proc.stdin.close(), proc.wait(timeout=10), zone.unlink()))
+        _HERMETIC_DNS = line.split()[1]
+    return _HERMETIC_DNS
 
 
 def free_port():
@@ -97,6 +134,7 @@ class SingleNode(Server):
             env[f"MAILFLEET__LISTEN__{key.upper()}"] = f"127.0.0.1:{port}"
         env["MAILFLEET__SERVICES__FILTER_URL"] = f"http://127.0.0.1:{self.ports['filter_grpc']}"
         env["MAILFLEET__SERVICES__MAILSTORE_URL"] = f"http://127.0.0.1:{self.ports['mailstore_grpc']}"
+        env["MAILFLEET__DNS__SERVERS"] = f'["{hermetic_dns()}"]'
         env.update(extra or {})
         return env
 
@@ -138,6 +176,7 @@ class LocalCluster(Server):
         env = dict(os.environ)
         env.pop("MAILFLEET_ADMIN_TOKEN", None)
         env["MAILFLEET_BIN"] = BIN
+        env.setdefault("MAILFLEET__DNS__SERVERS", f'["{hermetic_dns()}"]')
         for key, port in self.ports.items():
             env[f"MAILFLEET__LISTEN__{key.upper()}"] = f"127.0.0.1:{port}"
         self.proc = subprocess.Popen(

@@ -103,7 +103,7 @@ import socketserver
 import ssl
 import threading
 
-from conftest import ROOT
+from conftest import dns_server_binary
 
 REMOTE_PEER_IP = "127.0.0.2"
 
@@ -170,14 +170,6 @@ class PeerSession(socketserver.StreamRequestHandler):
                 self.reply("250 ok")
 
 
-def dns_server_binary():
-    path = ROOT / "target" / "debug" / "examples" / "dns-server"
-    if not path.exists():
-        subprocess.run(
-            ["cargo", "build", "-q", "-p", "mailfleet-testkit", "--example", "dns-server"],
-            cwd=ROOT, check=True, timeout=900,
-        )
-    return path
 
 
 class Dns:

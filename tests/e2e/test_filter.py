@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SingleNode
+from conftest import SingleNode, dns_server_binary
 from mail import imap_login, make_message, send
 
 ALICE, ALICE_PW = "alice@example.test", "correct horse battery"
@@ -37,14 +37,6 @@ ZONES = {
 }
 
 
-def dns_server_binary():
-    path = ROOT / "target" / "debug" / "examples" / "dns-server"
-    if not path.exists():
-        subprocess.run(
-            ["cargo", "build", "-q", "-p", "mailfleet-testkit", "--example", "dns-server"],
-            cwd=ROOT, check=True, timeout=900,
-        )
-    return path
 
 
 @pytest.fixture
