@@ -59,6 +59,14 @@ pub struct Worker {
     pub metrics: Metrics,
 }
 
+/// The `destination` label of a recipient's attempts.
+fn destination_kind(recipient: &Recipient) -> &'static str {
+    match schedule::destination(recipient) {
+        Destination::Local => "local",
+        Destination::Remote(_) => "remote",
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,23 +204,37 @@ impl Worker {
         now: i64,
         expires_at_ms: i64,
     ) {
+        let kind = destination_kind(recipient);
         match result {
             Ok((mx, reply, tls)) => {
                 schedule::delivered(recipient, now, mx, reply, tls);
-                self.metrics.recipient("delivered");
+                self.metrics.attempt(kind, "delivered");
             }
             Err(error) => {
                 let schedule = self.ctx.config.delivery.retry_schedule();
                 schedule::failed(recipient, &error, now, &schedule, expires_at_ms);
                 if route::is_pending(recipient) {
-                    self.metrics.recipient("deferred");
+                    self.metrics.attempt(kind, "deferred");
                     tracing::info!(recipient = %recipient.address, %error, next_attempt_at_ms = recipient.next_attempt_at_ms, "delivery deferred");
                 } else {
-                    self.metrics.recipient("failed");
+                    // A permanent answer bounces; a transient one that ran
+                    // out of queue lifetime fails: SREs read them apart.
+                    let result = if error.is_permanent() {
+                        "bounced"
+                    } else {
+                        "failed"
+                    };
+                    self.metrics.attempt(kind, result);
                     tracing::warn!(recipient = %recipient.address, error = %recipient.last_error, "delivery failed");
                 }
             }
         }
+    }
+
+    /// Acceptance-to-delivery time of a recipient just delivered.
+    fn observe_end_to_end(&self, kind: &'static str, received_at_ms: i64) {
+        let waited_ms = now_ms().saturating_sub(received_at_ms).max(0);
+        self.metrics.end_to_end(kind, waited_ms as f64 / 1000.0);
     }
 
     fn expiry(&self, entry: &QueueEntry) -> i64 {
@@ -224,14 +246,21 @@ impl Worker {
         let expiry = self.expiry(entry);
         let (queue_id, mail_from, verdict) =
             (entry.id.clone(), entry.mail_from.clone(), entry.verdict);
+        let received_at_ms = entry.received_at_ms;
         for recipient in entry
             .recipients
             .iter_mut()
             .filter(|r| schedule::is_due(r, now) && schedule::destination(r) == Destination::Local)
         {
+            let started = std::time::Instant::now();
             let result = self
                 .deliver_one_local(&queue_id, &mail_from, verdict, recipient, spooled)
                 .await;
+            self.metrics
+                .attempt_duration("local", started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                self.observe_end_to_end("local", received_at_ms);
+            }
             let result = result.as_ref().map(|_| ("", "", "")).map_err(Clone::clone);
             self.record(recipient, result, now, expiry);
         }
@@ -344,6 +373,7 @@ impl Worker {
         // would take the entry and deliver it a second time.
         let budget = Duration::from_secs(self.ctx.config.delivery.lease_secs * 3 / 4);
         let span = tracing::info_span!("delivery.remote", domain, otel.kind = "client");
+        let started = std::time::Instant::now();
         let results = tokio::time::timeout(
             budget,
             self.remote
@@ -363,6 +393,8 @@ impl Worker {
                 addresses.len()
             ]
         });
+        self.metrics
+            .attempt_duration("remote", started.elapsed().as_secs_f64());
         for (i, result) in indices.into_iter().zip(results) {
             let recipient = &mut entry.recipients[i];
             match result {
@@ -373,6 +405,7 @@ impl Worker {
                         Some(TlsOutcome::Unverified(_)) => "tls-unverified",
                     };
                     tracing::info!(recipient = %recipient.address, domain, mx, tls, "delivered remotely");
+                    self.observe_end_to_end("remote", entry.received_at_ms);
                     self.record(recipient, Ok((&mx, &reply, tls)), now, expiry);
                 }
                 RcptResult::Failed(error) => self.record(recipient, Err(error), now, expiry),

@@ -18,6 +18,7 @@ use mailfleet_proto::mailstore::directory_server::DirectoryServer;
 use mailfleet_proto::mailstore::mailstore_server::MailstoreServer;
 use mailfleet_runtime::config::Listen;
 use mailfleet_runtime::grpc::MAX_MESSAGE_BYTES;
+use mailfleet_runtime::grpc_metrics::GrpcMetricsLayer;
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -41,12 +42,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     let url = store::database_url(&ctx.config.backends.metadata_url, &ctx.config.data_dir);
     let store = Arc::new(Store::open(&url, ctx.store_blobs().await?).await?);
     let events = ctx.events().await?;
-    let metrics = {
+    let (metrics, operations) = {
         let mut registry = ctx
             .metrics
             .lock()
             .map_err(|_| "metrics registry poisoned")?;
-        metrics::Metrics::register(&mut registry)
+        let operations = GrpcMetricsLayer::register(
+            &mut registry,
+            "mailstore_operations",
+            "mailstore_operation_duration",
+            "Mailstore",
+        );
+        (metrics::Metrics::register(&mut registry), operations)
     };
 
     let directory = DirectoryServer::new(grpc::DirectoryService {
@@ -70,6 +77,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     ctx.readiness.set(READINESS, true);
     let served = Server::builder()
         .layer(mailfleet_runtime::trace::GrpcServerLayer)
+        .layer(operations)
         .add_service(directory)
         .add_service(mailstore)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())

@@ -16,6 +16,7 @@ use crate::backend::{
     Queue, RedisCounters, Result, SqliteQueue,
 };
 use crate::dns::DnsError;
+use crate::queue_metrics::{self, QueueMetrics};
 use crate::tls::{TlsError, TlsProvider};
 
 pub struct Context {
@@ -59,6 +60,11 @@ impl Context {
                 } else {
                     Arc::new(JetStreamQueue::connect(url).await?)
                 };
+                // Every process that opens the queue (smtp-edge, delivery)
+                // reports it, once: the OnceCell runs this a single time.
+                let metrics =
+                    QueueMetrics::register(&mut self.metrics.lock().expect("metrics lock"));
+                queue_metrics::spawn_refresh(Arc::downgrade(&queue), metrics);
                 Ok(queue)
             })
             .await

@@ -13,6 +13,8 @@ pub mod config;
 mod context;
 pub mod dns;
 pub mod grpc;
+pub mod grpc_metrics;
+pub mod queue_metrics;
 pub mod subjects;
 pub mod telemetry;
 pub mod tls;

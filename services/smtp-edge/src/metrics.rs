@@ -5,10 +5,12 @@ use mailfleet_runtime::Context;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Unit;
 
 type Labels = [(&'static str, &'static str); 1];
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     /// Connections by result: `accepted`, `over_limit` (all listeners
     /// full), `over_ip_limit` (`smtp.max_connections_per_ip`),
@@ -20,6 +22,21 @@ pub struct Metrics {
     /// `rejected`, `deferred`, `error`, `too_big`, `bare_lf`, `long_line`,
     /// `loop`.
     transactions: Family<Labels, Counter>,
+    /// Sizes of the messages queued, with the headers smtp-edge prepends.
+    accepted_sizes: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections: Family::default(),
+            sessions: Gauge::default(),
+            transactions: Family::default(),
+            // 1 KiB to 64 MiB by powers of 4: a text mail, an attachment,
+            // and the top of any sensible size limit.
+            accepted_sizes: Histogram::new(exponential_buckets(1024.0, 4.0, 9)),
+        }
+    }
 }
 
 impl Metrics {
@@ -41,7 +58,17 @@ impl Metrics {
             "SMTP transactions ended at end of DATA, by result",
             metrics.transactions.clone(),
         );
+        registry.register_with_unit(
+            "smtp_accepted_message_size",
+            "Sizes of the messages queued by SMTP transactions",
+            Unit::Bytes,
+            metrics.accepted_sizes.clone(),
+        );
         metrics
+    }
+
+    pub fn accepted_size(&self, bytes: usize) {
+        self.accepted_sizes.observe(bytes as f64);
     }
 
     pub fn connection(&self, result: &'static str) {

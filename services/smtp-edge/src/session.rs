@@ -946,7 +946,12 @@ impl Session {
                 Some((reply, result)) => (reply, result),
                 None => {
                     let message = self.complete_headers(message);
-                    self.accept(transaction, message).await
+                    let size = message.len();
+                    let (reply, result) = self.accept(transaction, message).await;
+                    if result == "queued" {
+                        self.metrics.accepted_size(size);
+                    }
+                    (reply, result)
                 }
             },
         };

@@ -10,11 +10,12 @@
 //! | blobs    | [`DirBlobs`] (a directory, shared by every process in a cluster) |
 //! | metadata | [`crate::db`]: SQLite or PostgreSQL through one sqlx `Any` pool  |
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use mailfleet_proto::queue::{MailboxEvent, QueueEntry};
+use mailfleet_proto::queue::{MailboxEvent, QueueEntry, RecipientStatus};
 
 mod blobs_dir;
 mod counters_memory;
@@ -119,6 +120,103 @@ pub trait Queue: Send + Sync + 'static {
     /// Removes an entry that no worker holds. False when it is gone or held.
     async fn remove(&self, _id: &str) -> Result<bool> {
         Err(BackendError::Unsupported("removing a queue entry"))
+    }
+
+    /// Depth and oldest entry by status and destination domain, for the
+    /// queue gauges. The default reads every entry through [`Queue::list`];
+    /// a backend that cannot list gives its total depth only.
+    async fn stats(&self, now_ms: i64) -> Result<QueueStats> {
+        match self.list().await {
+            Ok(entries) => Ok(QueueStats::from_entries(&entries, now_ms)),
+            Err(BackendError::Unsupported(_)) => Ok(QueueStats {
+                depth: self.depth().await?,
+                ..QueueStats::default()
+            }),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Entries in one group of [`QueueStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueBucket {
+    pub entries: u64,
+    /// Unix milliseconds when the oldest entry of the group was accepted;
+    /// `None` when the group is empty or the backend cannot tell.
+    pub oldest_received_at_ms: Option<i64>,
+}
+
+impl QueueBucket {
+    fn add(&mut self, received_at_ms: i64) {
+        self.entries += 1;
+        // 0 means "not recorded" (entries from before the field existed).
+        if received_at_ms > 0 {
+            self.oldest_received_at_ms = Some(
+                self.oldest_received_at_ms
+                    .map_or(received_at_ms, |oldest| oldest.min(received_at_ms)),
+            );
+        }
+    }
+}
+
+/// Status labels of [`QueueStats::by_status`] for a backend that sees each entry.
+pub const QUEUE_STATUS_DUE: &str = "due";
+pub const QUEUE_STATUS_DEFERRED: &str = "deferred";
+pub const QUEUE_STATUS_LEASED: &str = "leased";
+
+/// A snapshot of the queue for the `mailfleet_queue_*` gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Every entry, whatever its status.
+    pub depth: u64,
+    /// By status: `due` (may be taken now), `deferred` (waiting for a
+    /// retry), `leased` (a worker holds it); a backend that cannot tell
+    /// them apart uses its own names (see [`JetStreamQueue`]).
+    pub by_status: BTreeMap<&'static str, QueueBucket>,
+    /// By destination domain of the recipients still pending (an entry for
+    /// two domains counts in both); empty when the backend cannot tell.
+    pub by_domain: BTreeMap<String, QueueBucket>,
+}
+
+impl QueueStats {
+    pub fn from_entries(entries: &[QueuedEntry], now_ms: i64) -> QueueStats {
+        let mut stats = QueueStats {
+            depth: entries.len() as u64,
+            ..QueueStats::default()
+        };
+        // Every status is reported, so a gauge drops to 0 rather than vanishing.
+        for status in [QUEUE_STATUS_DUE, QUEUE_STATUS_DEFERRED, QUEUE_STATUS_LEASED] {
+            stats.by_status.insert(status, QueueBucket::default());
+        }
+        for queued in entries {
+            let status = if queued.leased {
+                QUEUE_STATUS_LEASED
+            } else if queued.due_at_ms > now_ms {
+                QUEUE_STATUS_DEFERRED
+            } else {
+                QUEUE_STATUS_DUE
+            };
+            let received = queued.entry.received_at_ms;
+            stats.by_status.entry(status).or_default().add(received);
+            let mut domains: Vec<String> = queued
+                .entry
+                .recipients
+                .iter()
+                .filter(|r| r.status == RecipientStatus::Pending as i32)
+                .map(|r| {
+                    r.address
+                        .rsplit_once('@')
+                        .map(|(_, domain)| domain.trim_end_matches('.').to_ascii_lowercase())
+                        .unwrap_or_default()
+                })
+                .collect();
+            domains.sort();
+            domains.dedup();
+            for domain in domains {
+                stats.by_domain.entry(domain).or_default().add(received);
+            }
+        }
+        stats
     }
 }
 
