@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let files = [
         "mailfleet/filter.proto",
+        "mailfleet/history.proto",
         "mailfleet/mailstore.proto",
         "mailfleet/queue.proto",
     ];

@@ -6,6 +6,10 @@ pub mod filter {
     tonic::include_proto!("mailfleet.filter");
 }
 
+pub mod history {
+    tonic::include_proto!("mailfleet.history");
+}
+
 pub mod mailstore {
     tonic::include_proto!("mailfleet.mailstore");
 }

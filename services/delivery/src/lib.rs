@@ -48,6 +48,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let directory = DirectoryClient::new(channel);
+    let history = mailfleet_runtime::history::Recorder::new(&ctx.config.services.mailstore_url)?;
     let remote = remote::Remote {
         resolver: ctx.dns()?,
         client: client::ClientSettings {
@@ -93,6 +94,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
             directory: directory.clone(),
             remote: remote.clone(),
             limits: limits.clone(),
+            history: history.clone(),
             metrics: metrics.clone(),
         };
         workers.spawn(worker.run(shutdown.clone()));

@@ -10,17 +10,23 @@
 //! remote `250` is recorded before anything else is tried. A DSN has an id
 //! derived from the entry and its failed recipients, so enqueueing it again
 //! after a crash is a no-op (both queue backends deduplicate by id).
+//!
+//! Each outcome (delivered, deferred, bounced or failed, and each DSN) is
+//! also recorded in the message history for `mailfleet trace`, in the
+//! background: history never holds up an entry.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mailfleet_proto::filter::Action;
+use mailfleet_proto::history::HistoryEvent;
 use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::lookup_reply::Kind;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_proto::mailstore::{DeliverRequest, DkimKeyRequest, LookupRequest};
-use mailfleet_proto::queue::{QueueEntry, Recipient};
+use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
 use mailfleet_runtime::backend::{BackendError, BlobStore, Leased};
+use mailfleet_runtime::history::Recorder;
 use mailfleet_runtime::{CancellationToken, Context};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -56,6 +62,7 @@ pub struct Worker {
     pub directory: DirectoryClient<Channel>,
     pub remote: Remote,
     pub limits: Limits,
+    pub history: Recorder,
     pub metrics: Metrics,
 }
 
@@ -122,6 +129,7 @@ impl Worker {
 
     async fn handle(&self, leased: Leased) -> Result<(), BackendError> {
         let mut entry = leased.entry.clone();
+        let attempts_before: Vec<u32> = entry.recipients.iter().map(|r| r.attempts).collect();
         let now = now_ms();
         if entry.received_at_ms == 0 {
             // Expiry needs an anchor; an entry without one starts now.
@@ -154,6 +162,7 @@ impl Worker {
             }
         }
 
+        self.record_outcomes(&entry, &attempts_before);
         self.send_dsn(&mut entry, spooled.as_deref(), &*spool).await;
         self.warn_delay(&mut entry, spooled.as_deref(), &*spool)
             .await;
@@ -237,6 +246,20 @@ impl Worker {
         self.metrics.end_to_end(kind, waited_ms as f64 / 1000.0);
     }
 
+    /// One history event per recipient tried in this turn (its attempts
+    /// went up), from the outcome `record` left on it. A local delivery is
+    /// recorded in `deliver_one_local`, where its UID is known.
+    fn record_outcomes(&self, entry: &QueueEntry, attempts_before: &[u32]) {
+        let events = entry
+            .recipients
+            .iter()
+            .zip(attempts_before)
+            .filter(|(r, before)| r.attempts > **before)
+            .filter_map(|(r, _)| outcome_event(entry, r))
+            .collect();
+        self.history.record_all(events);
+    }
+
     fn expiry(&self, entry: &QueueEntry) -> i64 {
         schedule::expires_at_ms(entry, self.ctx.config.delivery.queue_lifetime())
     }
@@ -246,6 +269,7 @@ impl Worker {
         let expiry = self.expiry(entry);
         let (queue_id, mail_from, verdict) =
             (entry.id.clone(), entry.mail_from.clone(), entry.verdict);
+        let message_id = entry.message_id.clone();
         let received_at_ms = entry.received_at_ms;
         for recipient in entry
             .recipients
@@ -254,7 +278,14 @@ impl Worker {
         {
             let started = std::time::Instant::now();
             let result = self
-                .deliver_one_local(&queue_id, &mail_from, verdict, recipient, spooled)
+                .deliver_one_local(
+                    &queue_id,
+                    &message_id,
+                    &mail_from,
+                    verdict,
+                    recipient,
+                    spooled,
+                )
                 .await;
             self.metrics
                 .attempt_duration("local", started.elapsed().as_secs_f64());
@@ -269,6 +300,7 @@ impl Worker {
     async fn deliver_one_local(
         &self,
         queue_id: &str,
+        message_id: &str,
         mail_from: &str,
         verdict: i32,
         recipient: &Recipient,
@@ -288,6 +320,24 @@ impl Worker {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 tracing::info!(recipient = %recipient.address, account = %recipient.account, mailbox, uid = reply.uid, duplicate = reply.duplicate, "delivered locally");
+                self.history.record(HistoryEvent {
+                    queue_id: queue_id.to_owned(),
+                    message_id: message_id.to_owned(),
+                    stage: "delivered".into(),
+                    recipient: recipient.address.clone(),
+                    remote: "mailstore".into(),
+                    detail: format!(
+                        "account {} mailbox {mailbox} uid {}{}",
+                        recipient.account,
+                        reply.uid,
+                        if reply.duplicate {
+                            " (delivered before)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    ..HistoryEvent::default()
+                });
                 Ok(())
             }
             Err(status) => {
@@ -622,6 +672,15 @@ impl Worker {
         };
         let queue = self.ctx.queue().await.map_err(|e| e.to_string())?;
         queue.enqueue(&bounce).await.map_err(|e| e.to_string())?;
+        let about: Vec<&str> = bounce_about(entry, reportable);
+        self.history.record(HistoryEvent {
+            queue_id: entry.id.clone(),
+            message_id: entry.message_id.clone(),
+            stage: "dsn".into(),
+            recipient: about.join(", "),
+            detail: format!("{kind} notice to <{}> queued as {id}", entry.mail_from),
+            ..HistoryEvent::default()
+        });
         Ok(id)
     }
 
@@ -643,6 +702,70 @@ impl Worker {
             Kind::Remote => Lookup::Remote,
         })
     }
+}
+
+/// The addresses a DSN reports on.
+fn bounce_about<'a>(entry: &'a QueueEntry, reportable: &[usize]) -> Vec<&'a str> {
+    reportable
+        .iter()
+        .filter_map(|i| entry.recipients.get(*i))
+        .map(|r| r.address.as_str())
+        .collect()
+}
+
+/// The history event of a recipient's last outcome; `None` for a local
+/// delivery (recorded with its UID where it happens).
+fn outcome_event(entry: &QueueEntry, r: &Recipient) -> Option<HistoryEvent> {
+    let local = schedule::destination(r) == Destination::Local;
+    let remote = if local {
+        "mailstore".to_owned()
+    } else {
+        r.remote_mta.clone()
+    };
+    let reply = if r.remote_reply.is_empty() {
+        r.last_error.clone()
+    } else {
+        r.remote_reply.clone()
+    };
+    let (stage, detail) = if r.status == RecipientStatus::Delivered as i32 {
+        if local {
+            return None;
+        }
+        ("delivered", r.tls.clone())
+    } else if route::is_pending(r) {
+        (
+            "deferred",
+            format!(
+                "status {}, attempt {}, next retry {}",
+                r.status_code,
+                r.attempts,
+                mailfleet_runtime::history::rfc3339(r.next_attempt_at_ms)
+            ),
+        )
+    } else {
+        // A permanent (5.x.x) answer bounces; a transient one that ran out
+        // of queue lifetime fails.
+        let stage = if r.status_code.starts_with('5') {
+            "bounced"
+        } else {
+            "failed"
+        };
+        let mut detail = format!("status {}", r.status_code);
+        if !r.remote_reply.is_empty() && !r.last_error.is_empty() && r.last_error != reply {
+            detail.push_str(&format!(", {}", r.last_error));
+        }
+        (stage, detail)
+    };
+    Some(HistoryEvent {
+        queue_id: entry.id.clone(),
+        message_id: entry.message_id.clone(),
+        stage: stage.into(),
+        recipient: r.address.clone(),
+        remote,
+        reply,
+        detail,
+        ..HistoryEvent::default()
+    })
 }
 
 enum Lookup {

@@ -39,6 +39,7 @@ pub fn router(ctx: Arc<Context>, token: String) -> anyhow::Result<Router> {
         .merge(crate::cmd_filter::routes(state.ctx.clone()))
         .merge(crate::cmd_dns::routes(state.ctx.clone())?)
         .merge(crate::cmd_queue::routes(state.ctx.clone()))
+        .merge(crate::cmd_trace::routes(state.ctx.clone())?)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

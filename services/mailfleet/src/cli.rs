@@ -69,6 +69,12 @@ pub enum Command {
     /// DKIM keys, and the DNS records a domain needs.
     #[command(flatten)]
     Dns(crate::cmd_dns::DnsCommands),
+    /// The history of one message: received, verdict, each delivery
+    /// attempt with its remote host and reply, bounces.
+    Trace {
+        /// A queue id (from "250 ... queued as ID") or a Message-ID.
+        id: String,
+    },
     /// The spam filter: train the Bayesian classifier.
     Filter {
         #[command(subcommand)]
@@ -119,6 +125,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Filter { command } => crate::cmd_filter::run(&cli.global, command).await,
         Command::Dns(command) => crate::cmd_dns::run(&cli.global, command).await,
         Command::Queue(command) => crate::cmd_queue::run(&cli.global, command).await,
+        Command::Trace { id } => crate::cmd_trace::run(&cli.global, id).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),

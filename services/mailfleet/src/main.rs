@@ -9,6 +9,7 @@ mod cmd_directory;
 mod cmd_dns;
 mod cmd_filter;
 mod cmd_queue;
+mod cmd_trace;
 mod serve;
 mod token;
 

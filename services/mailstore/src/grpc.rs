@@ -1,9 +1,12 @@
 //! The gRPC face of the store: `Directory` and `Mailstore` of
-//! `mailstore.proto`. Handlers translate requests, call [`Store`], map
-//! [`StoreError`] to a status, and publish change events after commits.
+//! `mailstore.proto`, and `History` of `history.proto`. Handlers translate
+//! requests, call [`Store`], map [`StoreError`] to a status, and publish
+//! change events after commits.
 
 use std::sync::Arc;
 
+use mailfleet_proto::history::history_server::History;
+use mailfleet_proto::history::{HistoryEvent, HistoryEvents, HistoryQuery, RecordReply};
 use mailfleet_proto::mailstore::directory_server::Directory;
 use mailfleet_proto::mailstore::mailstore_server::Mailstore;
 use mailfleet_proto::mailstore::{
@@ -19,7 +22,7 @@ use mailfleet_runtime::backend::Events;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::store::{DkimKeyRecord, FlagMode, Lookup, NewMessage, Store, StoreError};
+use crate::store::{DkimKeyRecord, FlagMode, HistoryRecord, Lookup, NewMessage, Store, StoreError};
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Status {
@@ -498,5 +501,52 @@ impl Mailstore for MailstoreService {
             .list_messages_with(&r.account, &r.mailbox, true)
             .await?;
         Ok(Response::new(MessageList { messages }))
+    }
+}
+
+/// Message history: written by smtp-edge and delivery, read by the admin
+/// API for `mailfleet trace`.
+pub struct HistoryService {
+    pub store: Arc<Store>,
+}
+
+#[tonic::async_trait]
+impl History for HistoryService {
+    async fn record(
+        &self,
+        request: Request<HistoryEvent>,
+    ) -> Result<Response<RecordReply>, Status> {
+        let e = request.into_inner();
+        self.store
+            .record_history(&HistoryRecord {
+                queue_id: e.queue_id,
+                message_id: e.message_id,
+                at_ms: e.at_ms,
+                stage: e.stage,
+                recipient: e.recipient,
+                remote: e.remote,
+                reply: e.reply,
+                detail: e.detail,
+            })
+            .await?;
+        Ok(Response::new(RecordReply {}))
+    }
+
+    async fn get(&self, request: Request<HistoryQuery>) -> Result<Response<HistoryEvents>, Status> {
+        let records = self.store.history(&request.into_inner().id).await?;
+        let events = records
+            .into_iter()
+            .map(|r| HistoryEvent {
+                queue_id: r.queue_id,
+                message_id: r.message_id,
+                at_ms: r.at_ms,
+                stage: r.stage,
+                recipient: r.recipient,
+                remote: r.remote,
+                reply: r.reply,
+                detail: r.detail,
+            })
+            .collect();
+        Ok(Response::new(HistoryEvents { events }))
     }
 }

@@ -2,7 +2,9 @@
 //! passwords) and the mailboxes (messages, UIDs, MODSEQs, flags), keeps
 //! their metadata in SQLite or PostgreSQL ([`store`]) and the message bodies
 //! in the store blob directory, and serves both over gRPC (`Directory` and
-//! `Mailstore` of `mailstore.proto`). After each commit it publishes a
+//! `Mailstore` of `mailstore.proto`), and keeps the message history
+//! (`History` of `history.proto`, pruned after
+//! `mailstore.history_retention_days`). After each commit it publishes a
 //! `MailboxEvent` so that IMAP IDLE sessions on any replica see the change.
 //!
 //! Deliveries are exactly once per idempotency key (`<queue id>/<recipient>`),
@@ -13,7 +15,9 @@ mod metrics;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use mailfleet_proto::history::history_server::HistoryServer;
 use mailfleet_proto::mailstore::directory_server::DirectoryServer;
 use mailfleet_proto::mailstore::mailstore_server::MailstoreServer;
 use mailfleet_runtime::config::Listen;
@@ -71,6 +75,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let history = HistoryServer::new(grpc::HistoryService {
+        store: store.clone(),
+    });
+    let pruning = tokio::spawn(prune_history(
+        store.clone(),
+        ctx.config.mailstore.history_retention_days,
+        shutdown.clone(),
+    ));
+
     // Bound before readiness is reported, so "ready" means "accepting".
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, dialect = ?store.dialect(), "mailstore serving");
@@ -80,10 +93,37 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         .layer(operations)
         .add_service(directory)
         .add_service(mailstore)
+        .add_service(history)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())
         .await;
     ctx.readiness.set(READINESS, false);
+    pruning.abort();
     store.close().await;
     tracing::info!("mailstore stopped");
     Ok(served?)
+}
+
+/// How often old history is deleted.
+const HISTORY_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes history older than `retention_days` (0: never) at start and
+/// then hourly. Every replica does it; a second delete finds nothing.
+async fn prune_history(store: Arc<Store>, retention_days: u32, shutdown: CancellationToken) {
+    if retention_days == 0 {
+        return;
+    }
+    let retention_ms = i64::from(retention_days) * 86_400_000;
+    let mut every = tokio::time::interval(HISTORY_PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let before = store::now_ms().saturating_sub(retention_ms);
+        match store.prune_history(before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, retention_days, "old message history deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete old message history"),
+        }
+    }
 }

@@ -403,12 +403,24 @@ impl Default for Dns {
 }
 
 /// Mailboxes and the directory (the `mailstore` target).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Mailstore {
     /// A delivery to an account over its quota fails permanently (the
     /// sender gets a DSN, 5.2.2) instead of being retried (4.2.2).
     pub over_quota_permanent: bool,
+    /// Message history (`mailfleet trace`) older than this many days is
+    /// deleted, so the table stays bounded; 0 keeps it for ever.
+    pub history_retention_days: u32,
+}
+
+impl Default for Mailstore {
+    fn default() -> Self {
+        Mailstore {
+            over_quota_permanent: false,
+            history_retention_days: 30,
+        }
+    }
 }
 
 /// IMAP and POP3 (the `access` target).

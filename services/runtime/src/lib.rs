@@ -1,7 +1,8 @@
 //! What every Mailfleet service shares: the typed [`config`], the
 //! [`Context`] a target runs with (config, metrics, readiness, and the
 //! [`backend`]s opened on first use), [`telemetry`] set-up, the NATS
-//! [`subjects`], and the small gRPC helpers in [`grpc`].
+//! [`subjects`], the small gRPC helpers in [`grpc`], and the message
+//! [`history`] recorder.
 //!
 //! A service crate exposes `run(ctx, shutdown)`; the `mailfleet` binary
 //! builds one [`Context`] and runs the chosen targets on it, so in target
@@ -14,6 +15,7 @@ mod context;
 pub mod dns;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod history;
 pub mod queue_metrics;
 pub mod subjects;
 pub mod telemetry;

@@ -1,14 +1,18 @@
 //! The production [`Acceptor`]: at the end of DATA, ask the filter for a
 //! verdict, prepend the verdict's headers and `Received:`, spool the blob,
 //! enqueue the entry. DESIGN.md: `250` only after both are durable.
+//! Then it records `received` and `verdict` in the message history
+//! (`mailfleet trace`), in the background.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use mailfleet_proto::filter::filter_client::FilterClient;
 use mailfleet_proto::filter::{Action, CheckRequest, Header, Verdict};
+use mailfleet_proto::history::HistoryEvent;
 use mailfleet_proto::queue::{QueueEntry, Recipient, RecipientStatus};
 use mailfleet_runtime::Context;
+use mailfleet_runtime::history::Recorder;
 use std::sync::Arc;
 use tonic::transport::Channel;
 use tracing::Instrument;
@@ -22,16 +26,23 @@ const FILTER_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct QueueAcceptor {
     ctx: Arc<Context>,
     filter: FilterClient<Channel>,
+    history: Recorder,
 }
 
 impl QueueAcceptor {
-    /// An acceptor with a lazy channel to `services.filter_url`.
+    /// An acceptor with lazy channels to `services.filter_url` and (for
+    /// the message history) `services.mailstore_url`.
     pub fn new(ctx: Arc<Context>) -> Result<Self, tonic::transport::Error> {
         let channel = mailfleet_runtime::grpc::lazy_channel(&ctx.config.services.filter_url)?;
         let filter = FilterClient::new(channel)
             .max_encoding_message_size(mailfleet_runtime::grpc::MAX_MESSAGE_BYTES)
             .max_decoding_message_size(mailfleet_runtime::grpc::MAX_MESSAGE_BYTES);
-        Ok(QueueAcceptor { ctx, filter })
+        let history = Recorder::new(&ctx.config.services.mailstore_url)?;
+        Ok(QueueAcceptor {
+            ctx,
+            filter,
+            history,
+        })
     }
 
     async fn verdict(&self, envelope: &Envelope, message: &[u8]) -> Result<Verdict, AcceptError> {
@@ -149,11 +160,65 @@ impl Acceptor for QueueAcceptor {
             tracing::Span::current().record("mail.verdict", verdict.action().as_str_name());
             tracing::debug!(action = verdict.action, score = verdict.score, "verdict");
             self.store(&id, envelope, &message, &verdict).await?;
+            // Only after the enqueue: history never shows a message that
+            // was not accepted.
+            self.history
+                .record_all(history_events(&id, envelope, &message, &verdict));
             Ok(id.clone())
         }
         .instrument(span)
         .await
     }
+}
+
+/// The `received` and `verdict` events of an accepted message.
+fn history_events(
+    id: &str,
+    envelope: &Envelope,
+    message: &[u8],
+    verdict: &Verdict,
+) -> Vec<HistoryEvent> {
+    let message_id = header_value(message, "Message-ID").unwrap_or_default();
+    let mut received = format!(
+        "client {} helo {:?} from <{}> {} recipient(s) {} bytes",
+        envelope.client_ip,
+        envelope.helo,
+        envelope.mail_from,
+        envelope.recipients.len(),
+        message.len()
+    );
+    if let Some(tls) = &envelope.tls {
+        received.push_str(&format!(" tls {tls}"));
+    }
+    if envelope.auth_account.is_some() {
+        received.push_str(" authenticated");
+    }
+    let rules: Vec<String> = verdict
+        .rules
+        .iter()
+        .map(|r| format!("{}={}", r.name, r.score))
+        .collect();
+    let verdict_detail = format!(
+        "{} score {:.2} rules [{}]",
+        verdict
+            .action()
+            .as_str_name()
+            .trim_start_matches("ACTION_")
+            .to_ascii_lowercase(),
+        verdict.score,
+        rules.join(" ")
+    );
+    let event = |stage: &str, detail: String| HistoryEvent {
+        queue_id: id.to_owned(),
+        message_id: message_id.clone(),
+        stage: stage.to_owned(),
+        detail,
+        ..HistoryEvent::default()
+    };
+    vec![
+        event("received", received),
+        event("verdict", verdict_detail),
+    ]
 }
 
 /// `Name: value` CRLF, with CR/LF in the value flattened so a verdict can

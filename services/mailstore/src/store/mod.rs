@@ -1,7 +1,8 @@
 //! The metadata store: domains, accounts, mailboxes, messages, delivery
-//! idempotency keys and blob reference counts, in SQLite (single node) or
-//! PostgreSQL (cluster) through one sqlx `Any` pool. Message bodies live in
-//! the [`BlobStore`]; this module keeps their reference counts.
+//! idempotency keys, blob reference counts and message history, in SQLite
+//! (single node) or PostgreSQL (cluster) through one sqlx `Any` pool.
+//! Message bodies live in the [`BlobStore`]; this module keeps their
+//! reference counts.
 //!
 //! SQL is written once for both databases: `$n` placeholders numbered in
 //! order of first appearance (SQLite reads them as named parameters),
@@ -10,6 +11,7 @@
 mod directory;
 mod dkim;
 mod folders;
+mod history;
 mod mailbox;
 pub mod metadata;
 pub mod names;
@@ -25,6 +27,7 @@ use sqlx::{AnyPool, Row, Transaction};
 pub use directory::Lookup;
 pub use dkim::DkimKeyRecord;
 pub use folders::{Copied, Quota};
+pub use history::{HistoryRecord, STAGES as HISTORY_STAGES};
 pub use mailbox::{Delivered, Expunged, NewMessage};
 pub use names::FlagMode;
 
@@ -91,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         sqlite: include_str!("../../migrations/sqlite/0004_search_header.sql"),
         postgres: include_str!("../../migrations/postgres/0004_search_header.sql"),
+    },
+    Migration {
+        version: 5,
+        sqlite: include_str!("../../migrations/sqlite/0005_message_history.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_message_history.sql"),
     },
 ];
 
