@@ -1,11 +1,12 @@
 //! The directory: domains, accounts, recipient lookup and password checks.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use sqlx::Row;
+use tokio::sync::Semaphore;
 
 use super::names::{self, DEFAULT_MAILBOXES};
 use super::{Result, Store, StoreError, now_ms, release_blob};
@@ -365,10 +366,21 @@ impl Store {
     }
 }
 
+/// Argon2 computations running at once, process-wide. Each one takes
+/// tens of milliseconds of CPU and 19 MiB of memory (the crate's default
+/// m_cost): a burst of 200 logins without this bound held ~3.3 GB (found by
+/// `mailfleet-loadtest idle`), and more hashes than cores only queue anyway.
+static ARGON2_SLOTS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+
 /// Argon2id with the crate's defaults (RFC 9106 second recommended
 /// option), as a PHC string; on the blocking pool because it takes tens of
 /// milliseconds of CPU.
 async fn hash_password(password: String) -> Result<String> {
+    let _slot = ARGON2_SLOTS
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Hash(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -380,6 +392,10 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 async fn verify_password(password: String, hash: String) -> Result<bool> {
+    let _slot = ARGON2_SLOTS
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Hash(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let Ok(parsed) = PasswordHash::new(&hash) else {
             tracing::error!("stored password hash does not parse");
