@@ -5,6 +5,7 @@ samples keyed by name and labels, so an assertion reads one series exactly
 rather than matching a substring that a neighbouring series could satisfy.
 """
 
+import json
 import re
 import threading
 import urllib.request
@@ -177,3 +178,30 @@ def test_queue_gauges_name_the_deferring_domain(tmp_path):
         node.stop()
         dns.stop()
         peer.shutdown()
+
+
+def test_json_logs_carry_trace_ids_with_otlp(tmp_path):
+    """With OTLP on and JSON logs, the lines logged inside the SMTP session
+    carry its trace id. The exporter's endpoint need not answer: spans are
+    made (and their export fails quietly) all the same."""
+    node = SingleNode(tmp_path / "data")
+    node.start(extra_env={
+        "MAILFLEET__TELEMETRY__LOG_FORMAT": "json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+    })
+    try:
+        node.add_user(ALICE, ALICE_PW)
+        code, _ = send(node, "bob@remote.test", [ALICE], make_message("bob@remote.test", ALICE))
+        assert code == 250
+        wait_for_messages(node, ALICE, ALICE_PW, 1)
+    finally:
+        node.stop()
+    lines = [json.loads(l) for l in node.log_path.read_text().splitlines() if l.startswith("{")]
+    queued = [l for l in lines if l.get("fields", {}).get("message") == "message queued"]
+    assert queued, "no 'message queued' line in the log"
+    [line] = queued[:1]
+    assert re.fullmatch(r"[0-9a-f]{32}", line.get("trace_id", "")), line
+    assert re.fullmatch(r"[0-9a-f]{16}", line.get("span_id", "")), line
+    # The delivery continues the session's trace: its lines share the id.
+    same_trace = [l for l in lines if l.get("trace_id") == line["trace_id"]]
+    assert any("delivered" in l.get("fields", {}).get("message", "") for l in same_trace), same_trace
