@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod config;
 mod context;
+pub mod dates;
 pub mod dns;
 pub mod grpc;
 pub mod grpc_metrics;

@@ -296,44 +296,8 @@ pub fn received(id: &str, envelope: &Envelope, hostname: &str, now: SystemTime) 
         .unwrap_or_default();
     format!(
         "Received: from {helo} ({ip})\r\n\tby {hostname} (Mailfleet) with {protocol}{tls} id {id};\r\n\t{}\r\n",
-        rfc5322_date(secs)
+        mailfleet_runtime::dates::rfc5322(secs)
     )
-}
-
-/// RFC 5322 §3.3 date-time in UTC: `Tue, 1 Jul 2003 10:52:37 +0000`.
-pub fn rfc5322_date(unix_secs: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[days.rem_euclid(7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The unfolded value of the first header `name` in the message's header
@@ -374,20 +338,6 @@ pub fn header_value(message: &[u8], name: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::session::Recipient;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_057_056_757),
-            "Tue, 1 Jul 2003 10:52:37 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_767_225_599),
-            "Wed, 31 Dec 2025 23:59:59 +0000"
-        );
-    }
 
     #[test]
     fn message_id_is_found_unfolded_and_only_in_headers() {

@@ -994,7 +994,7 @@ impl Session {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or_default();
             added.extend_from_slice(
-                format!("Date: {}\r\n", crate::accept::rfc5322_date(now)).as_bytes(),
+                format!("Date: {}\r\n", mailfleet_runtime::dates::rfc5322(now)).as_bytes(),
             );
         }
         if crate::accept::header_value(&message, "Message-ID").is_none() {

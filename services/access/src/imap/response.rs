@@ -121,35 +121,10 @@ pub fn flag_list(flags: &[String]) -> String {
 
 /// RFC 9051 §9 `date-time`: `"dd-Mon-yyyy hh:mm:ss +zzzz"`, in UTC.
 pub fn internal_date(epoch_ms: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = epoch_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let in_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
     format!(
-        "\"{day:02}-{}-{year:04} {:02}:{:02}:{:02} +0000\"",
-        MONTHS[(month - 1) as usize],
-        in_day / 3600,
-        in_day % 3600 / 60,
-        in_day % 60
+        "\"{}\"",
+        mailfleet_runtime::dates::imap(epoch_ms.div_euclid(1000))
     )
-}
-
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic
-/// Gregorian (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
