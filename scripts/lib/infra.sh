@@ -27,6 +27,7 @@ infra_install() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v swaks >/dev/null || missing+=(swaks)
     command -v mbsync >/dev/null || missing+=(isync)  # IMAP interop (tests/e2e/test_imap_clients.py)
+    command -v curl >/dev/null || missing+=(curl)  # IMAPS/POP3S interop (same test)
     local cmd
     for cmd in "$@"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
     if [ ${#missing[@]} -gt 0 ]; then
