@@ -196,6 +196,9 @@ pub struct Smtp {
     /// Behind a load balancer without the PROXY protocol every client shares
     /// the balancer's addresses: set `proxy_trusted_networks`, or 0.
     pub max_connections_per_ip: usize,
+    /// `Received:` headers a message may carry; more is a mail loop and
+    /// gets `554 5.4.6` (RFC 5321 §6.3).
+    pub max_hops: usize,
     /// CIDRs whose clients may relay (send to domains that are not ours)
     /// without AUTH. Empty: only authenticated users relay.
     pub relay_networks: Vec<String>,
@@ -225,6 +228,7 @@ impl Default for Smtp {
             messages_per_ip_per_minute: 0,
             bare_lf: "normalize".into(),
             max_connections_per_ip: 20,
+            max_hops: 50,
             relay_networks: Vec::new(),
             trusted_networks: Vec::new(),
             proxy_trusted_networks: Vec::new(),
@@ -677,6 +681,9 @@ impl Config {
                     rule.name
                 ));
             }
+        }
+        if self.smtp.max_hops == 0 {
+            problems.push("smtp.max_hops must be at least 1".into());
         }
         if self.smtp.max_line_length < 512 {
             problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());

@@ -33,9 +33,6 @@ use crate::metrics::Metrics;
 use crate::parser::{Command, MailFrom, ParseError, RcptTo, parse_command};
 use crate::reply::{self, Reply};
 
-/// RFC 5321 §6.3: a message that went through more hops than this is in
-/// a loop (`554 5.4.6`).
-pub const MAX_HOPS: usize = 50;
 /// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
 pub const MAX_TEXT_LINE: usize = 1000;
 /// AUTH failures after which each further failure is answered slowly.
@@ -90,6 +87,9 @@ pub struct SessionConfig {
     pub messages_per_ip_per_minute: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// RFC 5321 §6.3: a message that went through more hops than this is
+    /// in a loop (`554 5.4.6`).
+    pub max_hops: usize,
     pub bare_lf: BareLf,
     pub relay_networks: Vec<Cidr>,
     pub trusted_networks: Vec<Cidr>,
@@ -118,6 +118,7 @@ impl SessionConfig {
             messages_per_ip_per_minute: smtp.messages_per_ip_per_minute,
             max_connections: smtp.max_connections,
             max_connections_per_ip: smtp.max_connections_per_ip,
+            max_hops: smtp.max_hops,
             // Validated by the config: anything but "reject" normalises.
             bare_lf: if smtp.bare_lf == "reject" {
                 BareLf::Reject
@@ -974,7 +975,7 @@ impl Session {
         let hops = header_lines(message)
             .filter(|line| starts_with_ignore_case(line, b"received:"))
             .count();
-        if hops > MAX_HOPS {
+        if hops > self.config.max_hops {
             tracing::info!(hops, "mail loop");
             return Some((reply::TOO_MANY_HOPS, "loop"));
         }

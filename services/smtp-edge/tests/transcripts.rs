@@ -5,6 +5,7 @@
 //! - `# ...` comment; blank lines are ignored.
 //! - `!key value` sets a session limit before the dialog starts:
 //!   `max_recipients`, `max_message_size`, `max_line_length`, `max_errors`,
+//!   `max_hops`,
 //!   `rate_limit` (messages per IP per minute), `bare_lf` (`reject` or
 //!   `normalize`), `mode` (`mx`, `submission`, `submissions`), `tls` (the
 //!   session runs as if TLS had started, with this description),
@@ -164,6 +165,7 @@ async fn run_transcript(path: &Path) {
                 "max_message_size" => config.max_message_size = value,
                 "max_line_length" => config.max_line_length = value as usize,
                 "max_errors" => config.max_errors = value as u32,
+                "max_hops" => config.max_hops = value as usize,
                 "auth_failures" => config.auth_failures_per_ip = value,
                 "rate_limit" => {
                     config.messages_per_ip_per_minute = value;
