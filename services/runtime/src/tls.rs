@@ -159,17 +159,59 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// Returns the self-signed pair in `dir`, generating it on first use.
+///
+/// Several processes of one node may share a data directory (targets run
+/// apart) and start at once: one of them generates, under an exclusive lock
+/// file, and the others wait for it. The key is renamed into place before
+/// the certificate, so whoever sees both files sees a matching pair.
+/// Blocking waits are fine here: this runs once, at start-up.
 fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert_file = dir.join("self-signed.crt");
     let key_file = dir.join("self-signed.key");
-    if cert_file.exists() && key_file.exists() {
+    let ready = || cert_file.exists() && key_file.exists();
+    if ready() {
         return Ok((cert_file, key_file));
     }
-    let write_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| TlsError::Write { path, source }
-    };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let lock = dir.join(".self-signed.lock");
+    // A lock older than this was left by a process that died generating.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let result = if ready() {
+                    Ok(())
+                } else {
+                    generate_self_signed(&cert_file, &key_file, hostname)
+                };
+                let _ = std::fs::remove_file(&lock);
+                return result.map(|()| (cert_file, key_file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if ready() {
+                    return Ok((cert_file, key_file));
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = std::fs::remove_file(&lock);
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(write_err(&lock)(e)),
+        }
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + use<> {
+    let path = path.to_owned();
+    move |source| TlsError::Write { path, source }
+}
+
+fn generate_self_signed(cert_file: &Path, key_file: &Path, hostname: &str) -> Result<(), TlsError> {
     let names = vec![
         hostname.to_owned(),
         "localhost".to_owned(),
@@ -177,14 +219,18 @@ fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), 
     ];
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(&key_file, generated.signing_key.serialize_pem().as_bytes())
-        .map_err(write_err(&key_file))?;
-    std::fs::write(&cert_file, generated.cert.pem()).map_err(write_err(&cert_file))?;
+    let tmp = |path: &Path| path.with_extension(format!("tmp-{}", std::process::id()));
+    let (key_tmp, cert_tmp) = (tmp(key_file), tmp(cert_file));
+    write_private(&key_tmp, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(write_err(&key_tmp))?;
+    std::fs::rename(&key_tmp, key_file).map_err(write_err(key_file))?;
+    std::fs::write(&cert_tmp, generated.cert.pem()).map_err(write_err(&cert_tmp))?;
+    std::fs::rename(&cert_tmp, cert_file).map_err(write_err(cert_file))?;
     tracing::warn!(
         cert = %cert_file.display(),
         "no tls.cert_file configured: generated a self-signed certificate"
     );
-    Ok((cert_file, key_file))
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -216,6 +262,27 @@ mod tests {
         let again = TlsProvider::from_config(&config).unwrap();
         assert_eq!(first, std::fs::read(again.cert_file()).unwrap());
         assert!(!provider.reload_if_changed());
+    }
+
+    /// Processes sharing a data directory start together: one pair, and
+    /// every one of them loads it.
+    #[test]
+    fn concurrent_first_starts_agree_on_one_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let tls = tls.clone();
+                std::thread::spawn(move || ensure_self_signed(&tls, "mx.example").unwrap())
+            })
+            .collect();
+        let pairs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let cert = std::fs::read(&pairs[0].0).unwrap();
+        for (c, k) in &pairs {
+            assert_eq!(std::fs::read(c).unwrap(), cert);
+            TlsProvider::from_files(c, k).unwrap();
+        }
+        assert!(!tls.join(".self-signed.lock").exists());
     }
 
     #[test]
