@@ -10,6 +10,7 @@ use mailfleet_proto::mailstore::{
     AccountRequest, AuthRequest, CopyRequest, DeliverRequest, ExpungeRequest, MailboxRequest,
     MessageRequest, RenameMailboxRequest, StoreFlagsRequest, SubscribeRequest,
 };
+use mailfleet_runtime::trace;
 use tonic::transport::Channel;
 
 pub use mailfleet_proto::mailstore::store_flags_request::Mode as FlagMode;
@@ -181,10 +182,10 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .directory
             .clone()
-            .authenticate(AuthRequest {
+            .authenticate(trace::request(AuthRequest {
                 address: user.to_owned(),
                 password: password.to_owned(),
-            })
+            }))
             .await?
             .into_inner();
         Ok(reply.ok.then_some(reply.account))
@@ -194,9 +195,9 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .list_mailboxes(AccountRequest {
+            .list_mailboxes(trace::request(AccountRequest {
                 account: account.to_owned(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner().mailboxes)
     }
@@ -205,10 +206,10 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .select_mailbox(MailboxRequest {
+            .select_mailbox(trace::request(MailboxRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner())
     }
@@ -221,10 +222,10 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .list_messages(MailboxRequest {
+            .list_messages(trace::request(MailboxRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner().messages)
     }
@@ -238,11 +239,11 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .fetch_body(MessageRequest {
+            .fetch_body(trace::request(MessageRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
                 uid,
-            })
+            }))
             .await?;
         Ok(reply.into_inner().message)
     }
@@ -258,13 +259,13 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .store_flags(StoreFlagsRequest {
+            .store_flags(trace::request(StoreFlagsRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
                 uid,
                 mode: mode as i32,
                 flags: flags.to_vec(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner())
     }
@@ -278,11 +279,11 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .expunge(ExpungeRequest {
+            .expunge(trace::request(ExpungeRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
                 uids: uids.to_vec(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner().expunged_uids)
     }
@@ -290,10 +291,10 @@ impl MailAccess for GrpcMailAccess {
     async fn create_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError> {
         self.mailstore
             .clone()
-            .create_mailbox(MailboxRequest {
+            .create_mailbox(trace::request(MailboxRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
-            })
+            }))
             .await?;
         Ok(())
     }
@@ -301,10 +302,10 @@ impl MailAccess for GrpcMailAccess {
     async fn delete_mailbox(&self, account: &str, mailbox: &str) -> Result<(), AccessError> {
         self.mailstore
             .clone()
-            .delete_mailbox(MailboxRequest {
+            .delete_mailbox(trace::request(MailboxRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
-            })
+            }))
             .await?;
         Ok(())
     }
@@ -312,11 +313,11 @@ impl MailAccess for GrpcMailAccess {
     async fn rename_mailbox(&self, account: &str, from: &str, to: &str) -> Result<(), AccessError> {
         self.mailstore
             .clone()
-            .rename_mailbox(RenameMailboxRequest {
+            .rename_mailbox(trace::request(RenameMailboxRequest {
                 account: account.to_owned(),
                 from: from.to_owned(),
                 to: to.to_owned(),
-            })
+            }))
             .await?;
         Ok(())
     }
@@ -329,11 +330,11 @@ impl MailAccess for GrpcMailAccess {
     ) -> Result<(), AccessError> {
         self.mailstore
             .clone()
-            .set_subscribed(SubscribeRequest {
+            .set_subscribed(trace::request(SubscribeRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
                 subscribed,
-            })
+            }))
             .await?;
         Ok(())
     }
@@ -349,7 +350,7 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .deliver(DeliverRequest {
+            .deliver(trace::request(DeliverRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
                 message: message.to_vec(),
@@ -357,7 +358,7 @@ impl MailAccess for GrpcMailAccess {
                 idempotency_key: String::new(),
                 flags: flags.to_vec(),
                 internal_date_ms,
-            })
+            }))
             .await?
             .into_inner();
         Ok(Appended {
@@ -377,13 +378,13 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .copy_messages(CopyRequest {
+            .copy_messages(trace::request(CopyRequest {
                 account: account.to_owned(),
                 from: from.to_owned(),
                 to: to.to_owned(),
                 uids: uids.to_vec(),
                 move_messages,
-            })
+            }))
             .await?
             .into_inner();
         Ok(Copied {
@@ -396,9 +397,9 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .get_quota(AccountRequest {
+            .get_quota(trace::request(AccountRequest {
                 account: account.to_owned(),
-            })
+            }))
             .await?
             .into_inner();
         Ok(Quota {
@@ -416,10 +417,10 @@ impl MailAccess for GrpcMailAccess {
         let reply = self
             .mailstore
             .clone()
-            .list_messages_for_search(MailboxRequest {
+            .list_messages_for_search(trace::request(MailboxRequest {
                 account: account.to_owned(),
                 mailbox: mailbox.to_owned(),
-            })
+            }))
             .await?;
         Ok(reply.into_inner().messages)
     }
