@@ -1,10 +1,12 @@
 # Shared by scripts/test and scripts/local-cluster: installs and starts
-# private NATS (JetStream), PostgreSQL and Redis instances in a directory, on
-# free loopback ports. Source it, then call the functions.
+# private NATS (JetStream), PostgreSQL, Redis and S3 (moto) instances in a
+# directory, on free loopback ports. Source it, then call the functions.
 #
-#   infra_install [CMD...]   apt-get the servers (and commands CMD) that are missing
-#   infra_start DIR          start all three under DIR; exports
-#                            MAILFLEET_TEST_NATS_URL, _POSTGRES_URL, _REDIS_URL
+#   infra_install [CMD...]   apt-get the servers (and commands CMD) that are
+#                            missing; pip-installs moto's S3 server
+#   infra_start DIR          start all four under DIR; exports
+#                            MAILFLEET_TEST_NATS_URL, _POSTGRES_URL, _REDIS_URL,
+#                            _S3_URL (an S3 endpoint, http://127.0.0.1:PORT)
 #   infra_stop               stop what infra_start started
 
 free_port() {
@@ -37,6 +39,13 @@ infra_install() {
         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     # Debian's postgresql package starts a cluster on 5432; we never use it.
+    # An S3-compatible server for the object-store blob tests: moto's, from PyPI
+    # (Debian packages none). Newer pips refuse a system Python without the flag.
+    if ! command -v moto_server >/dev/null; then
+        echo "installing moto[server]" >&2
+        python3 -m pip install -q 'moto[server]' 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages 'moto[server]'
+    fi
 }
 
 # Runs a command as the postgres user when we are root (initdb refuses root).
@@ -92,10 +101,11 @@ infra_purge() {
 infra_start() {
     INFRA_DIR=$1
     mkdir -p "$INFRA_DIR"
-    local nats_port pg_port redis_port bin
+    local nats_port pg_port redis_port s3_port bin
     nats_port=$(free_port)
     pg_port=$(free_port)
     redis_port=$(free_port)
+    s3_port=$(free_port)
 
     nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$INFRA_DIR/nats" >"$INFRA_DIR/nats.log" 2>&1 &
     INFRA_NATS_PID=$!
@@ -103,6 +113,10 @@ infra_start() {
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$INFRA_DIR" >"$INFRA_DIR/redis.log" 2>&1 &
     INFRA_REDIS_PID=$!
+
+    # In memory: every test creates a bucket of its own.
+    moto_server -H 127.0.0.1 -p "$s3_port" >"$INFRA_DIR/moto.log" 2>&1 &
+    INFRA_S3_PID=$!
 
     bin=$(pg_bin)
     PG_DIR=$(pg_dir "$INFRA_DIR")
@@ -117,16 +131,20 @@ infra_start() {
     wait_port "$nats_port" nats-server
     wait_port "$redis_port" redis-server
     wait_port "$pg_port" postgresql
+    # Python imports take a few seconds on a busy machine.
+    wait_port "$s3_port" moto_server || wait_port "$s3_port" moto_server || wait_port "$s3_port" moto_server
 
     export MAILFLEET_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
     export MAILFLEET_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
     export MAILFLEET_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+    export MAILFLEET_TEST_S3_URL="http://127.0.0.1:$s3_port"
 }
 
 infra_stop() {
     [ -n "${INFRA_DIR:-}" ] || return 0
     [ -n "${INFRA_NATS_PID:-}" ] && kill "$INFRA_NATS_PID" 2>/dev/null
     [ -n "${INFRA_REDIS_PID:-}" ] && kill "$INFRA_REDIS_PID" 2>/dev/null
+    [ -n "${INFRA_S3_PID:-}" ] && kill "$INFRA_S3_PID" 2>/dev/null
     if [ -n "${INFRA_PG_BIN:-}" ]; then
         as_pg "$INFRA_PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1
     fi

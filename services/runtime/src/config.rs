@@ -168,6 +168,13 @@ pub struct Backends {
     pub counters_url: String,
     /// Empty: `<data_dir>/blobs`. A directory shared by every process in a cluster.
     pub blob_dir: String,
+    /// Empty: blobs in `blob_dir`. `s3://bucket/prefix`: an S3 bucket
+    /// (credentials and region from the standard `AWS_*` variables).
+    pub blob_url: String,
+    /// S3-compatible endpoint for `blob_url` (`http://minio:9000`); empty for AWS.
+    pub blob_s3_endpoint: String,
+    /// Allow plain HTTP to `blob_s3_endpoint` (a server on a private network).
+    pub blob_s3_allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -629,6 +636,7 @@ impl Config {
                 &b.counters_url,
                 &["redis://", "rediss://"][..],
             ),
+            ("backends.blob_url", &b.blob_url, &["s3://", "s3a://"][..]),
         ] {
             if !value.is_empty() && !schemes.iter().any(|s| value.starts_with(s)) {
                 problems.push(format!(

@@ -13,7 +13,7 @@ use hickory_resolver::TokioResolver;
 use crate::Config;
 use crate::backend::{
     BlobStore, Counters, DirBlobs, Events, JetStreamQueue, LocalEvents, MemoryCounters, NatsEvents,
-    Queue, RedisCounters, Result, SqliteQueue,
+    ObjectStoreBlobs, Queue, RedisCounters, Result, S3Location, SqliteQueue,
 };
 use crate::dns::DnsError;
 use crate::queue_metrics::{self, QueueMetrics};
@@ -104,29 +104,40 @@ impl Context {
     }
 
     /// The spool: messages accepted by smtp-edge and waiting in the queue,
-    /// in `<blob_dir>/spool`. Deleted by delivery once the entry is done.
+    /// in `<blob_dir>/spool` or, with `backends.blob_url`, under `spool/` in
+    /// the bucket. Deleted by delivery once the entry is done. It follows
+    /// the mailbox blobs to S3 because smtp-edge and delivery run in
+    /// different pods: with the spool in the bucket a cluster needs no
+    /// shared volume at all, and an acknowledged S3 PUT is as durable as
+    /// the fsync that `250 queued` relies on.
     pub async fn spool(&self) -> Result<Arc<dyn BlobStore>> {
         self.spool
-            .get_or_try_init(|| async {
-                let blobs: Arc<dyn BlobStore> =
-                    Arc::new(DirBlobs::open(&self.config.blob_dir().join("spool"))?);
-                Ok(blobs)
-            })
+            .get_or_try_init(|| self.open_blobs("spool"))
             .await
             .cloned()
     }
 
-    /// Mailbox message bodies owned by mailstore, in `<blob_dir>/store`
-    /// (reference-counted in the metadata database).
+    /// Mailbox message bodies owned by mailstore, in `<blob_dir>/store` or
+    /// under `store/` in the `backends.blob_url` bucket (reference-counted
+    /// in the metadata database).
     pub async fn store_blobs(&self) -> Result<Arc<dyn BlobStore>> {
         self.store_blobs
-            .get_or_try_init(|| async {
-                let blobs: Arc<dyn BlobStore> =
-                    Arc::new(DirBlobs::open(&self.config.blob_dir().join("store"))?);
-                Ok(blobs)
-            })
+            .get_or_try_init(|| self.open_blobs("store"))
             .await
             .cloned()
+    }
+
+    async fn open_blobs(&self, sub: &str) -> Result<Arc<dyn BlobStore>> {
+        let backends = &self.config.backends;
+        if backends.blob_url.is_empty() {
+            return Ok(Arc::new(DirBlobs::open(&self.config.blob_dir().join(sub))?));
+        }
+        let location = S3Location {
+            url: backends.blob_url.clone(),
+            endpoint: backends.blob_s3_endpoint.clone(),
+            allow_http: backends.blob_s3_allow_http,
+        };
+        Ok(Arc::new(ObjectStoreBlobs::s3(&location, sub)?))
     }
 }
 
@@ -149,6 +160,11 @@ impl Context {
             && let Err(e) = counters.ping().await
         {
             failures.push(("counters", e.to_string()));
+        }
+        if let Some(blobs) = self.store_blobs.get().or(self.spool.get())
+            && let Err(e) = blobs.ping().await
+        {
+            failures.push(("blobs", e.to_string()));
         }
         failures
     }

@@ -3,8 +3,9 @@
 //! run, one code path").
 //!
 //! The cluster implementations need real servers:
-//! `MAILFLEET_TEST_NATS_URL` (NATS with JetStream) and
-//! `MAILFLEET_TEST_REDIS_URL`. A missing variable fails the test: a suite
+//! `MAILFLEET_TEST_NATS_URL` (NATS with JetStream),
+//! `MAILFLEET_TEST_REDIS_URL` and `MAILFLEET_TEST_S3_URL` (S3-compatible,
+//! e.g. moto_server). A missing variable fails the test: a suite
 //! that silently skips proves nothing. Every test uses names of its own
 //! (uuid), so parallel runs against one server do not collide.
 
@@ -15,8 +16,12 @@ use futures::StreamExt as _;
 use mailfleet_proto::queue::{MailboxEvent, QueueEntry, Recipient, mailbox_event};
 use mailfleet_runtime::backend::{
     BackendError, BlobStore, Counters, DirBlobs, Events, JetStreamOptions, JetStreamQueue,
-    LocalEvents, MemoryCounters, NOT_BEFORE_HEADER, NatsEvents, Queue, RedisCounters, SqliteQueue,
+    LocalEvents, MemoryCounters, NOT_BEFORE_HEADER, NatsEvents, ObjectStoreBlobs, Queue,
+    RedisCounters, S3Location, SqliteQueue,
 };
+use object_store::ObjectStore as _;
+use object_store::aws::AmazonS3Builder;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::{Instant, timeout};
 
 /// Short, so lease expiry is testable; JetStream gets it as the ack wait.
@@ -517,6 +522,101 @@ async fn dir_blobs_contract() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = DirBlobs::open(&dir.path().join("spool")).unwrap();
     blobs_contract(Arc::new(blobs)).await;
+}
+
+/// An S3-compatible server (`MAILFLEET_TEST_S3_URL`, e.g. moto_server).
+fn s3_endpoint() -> String {
+    std::env::var("MAILFLEET_TEST_S3_URL").unwrap_or_else(|_| {
+        panic!(
+            "MAILFLEET_TEST_S3_URL is not set: the object-store blob tests need an \
+             S3-compatible server, e.g. `moto_server -p 5000` and \
+             MAILFLEET_TEST_S3_URL=http://127.0.0.1:5000"
+        )
+    })
+}
+
+/// Creates a bucket of its own with a plain `PUT /<bucket>` (object_store
+/// has no bucket API) and returns where it is.
+async fn s3_bucket() -> S3Location {
+    let endpoint = s3_endpoint();
+    let bucket = format!("mailfleet-{}", unique());
+    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "create bucket: {response}"
+    );
+    S3Location {
+        url: format!("s3://{bucket}/mail"),
+        endpoint,
+        allow_http: true,
+    }
+}
+
+/// The store as `backends.blob_url` opens it, with the test's credentials
+/// instead of the environment's.
+fn s3_store(location: &S3Location, sub: &str) -> ObjectStoreBlobs {
+    let base = AmazonS3Builder::new()
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test");
+    let (builder, prefix) = location.builder(base).unwrap();
+    ObjectStoreBlobs::new(
+        Arc::new(builder.build().unwrap()),
+        &format!("{prefix}/{sub}"),
+    )
+}
+
+#[tokio::test]
+async fn s3_blobs_contract() {
+    let location = s3_bucket().await;
+    let blobs = s3_store(&location, "store");
+    blobs.ping().await.unwrap();
+    blobs_contract(Arc::new(blobs)).await;
+}
+
+#[tokio::test]
+async fn s3_blobs_live_under_the_url_prefix() {
+    let location = s3_bucket().await;
+    let blobs = s3_store(&location, "store");
+    let id = blobs.put(b"hello").await.unwrap();
+
+    // Read back through a store on the bucket's root: the key is
+    // <prefix>/<sub>/<id>, and nothing else was written.
+    let (bucket, _) = location.bucket_and_prefix().unwrap();
+    let root = s3_store(
+        &S3Location {
+            url: format!("s3://{bucket}"),
+            ..location.clone()
+        },
+        "",
+    );
+    let raw = AmazonS3Builder::new()
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_bucket_name(&bucket)
+        .with_endpoint(&location.endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let keys: Vec<String> = raw
+        .list(None)
+        .map(|meta| meta.unwrap().location.to_string())
+        .collect()
+        .await;
+    assert_eq!(keys, vec![format!("mail/store/{id}")]);
+    assert!(matches!(
+        root.get(&id).await,
+        Err(BackendError::BlobNotFound(_))
+    ));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! | queue    | [`SqliteQueue`]            | [`JetStreamQueue`]          |
 //! | events   | [`LocalEvents`]            | [`NatsEvents`]              |
 //! | counters | [`MemoryCounters`]         | [`RedisCounters`]           |
-//! | blobs    | [`DirBlobs`] (a directory, shared by every process in a cluster) |
+//! | blobs    | [`DirBlobs`] (a directory)  | [`ObjectStoreBlobs`] (S3) or a shared [`DirBlobs`] |
 //! | metadata | [`crate::db`]: SQLite or PostgreSQL through one sqlx `Any` pool  |
 
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ use futures::stream::BoxStream;
 use mailfleet_proto::queue::{MailboxEvent, QueueEntry, RecipientStatus};
 
 mod blobs_dir;
+mod blobs_object;
 mod counters_memory;
 mod counters_redis;
 mod events_local;
@@ -26,6 +27,7 @@ mod queue_jetstream;
 mod queue_sqlite;
 
 pub use blobs_dir::DirBlobs;
+pub use blobs_object::{ObjectStoreBlobs, S3Location};
 pub use counters_memory::MemoryCounters;
 pub use counters_redis::RedisCounters;
 pub use events_local::LocalEvents;
@@ -260,9 +262,15 @@ pub trait Counters: Send + Sync + 'static {
 /// Content-addressed message blobs (SHA-256 hex ids).
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Stores `data` durably (file and directory fsynced) and returns its id.
+    /// Stores `data` durably (file and directory fsynced, or the object
+    /// store's acknowledgement) and returns its id.
     async fn put(&self, data: &[u8]) -> Result<String>;
     async fn get(&self, id: &str) -> Result<Vec<u8>>;
     /// Removes the blob; a missing blob is not an error.
     async fn delete(&self, id: &str) -> Result<()>;
+
+    /// Fails when the store cannot be reached (for `/readyz`).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
