@@ -186,6 +186,160 @@ async fn queue_contract(queue: Arc<dyn Queue>) {
     assert_eq!(q.depth().await.unwrap(), 0);
 }
 
+/// Queue administration (`mailfleet queue ...`): listing, reading,
+/// changing and removing entries; an entry a worker holds is left alone.
+async fn queue_admin_contract(queue: Arc<dyn Queue>) {
+    let q = queue.as_ref();
+    assert!(q.list().await.unwrap().is_empty());
+
+    let (a, b) = (entry("a"), entry("b"));
+    q.enqueue(&a).await.unwrap();
+    q.enqueue(&b).await.unwrap();
+    let listed = q.list().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|e| e.entry.id.as_str()).collect();
+    assert_eq!(ids, [a.id.as_str(), b.id.as_str()], "oldest first");
+    assert!(listed.iter().all(|e| !e.leased));
+    assert!(
+        listed.iter().all(|e| e.due_at_ms <= now_ms()),
+        "due at once"
+    );
+    assert_eq!(q.get(&a.id).await.unwrap().unwrap().entry, a);
+    assert!(q.get(&entry("unknown").id).await.unwrap().is_none());
+
+    // A worker holds the first: no change, no removal.
+    let held = take(q, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(held.entry, a);
+    assert!(q.get(&a.id).await.unwrap().unwrap().leased);
+    assert!(!q.get(&b.id).await.unwrap().unwrap().leased);
+    assert!(!q.update(&a, 0).await.unwrap(), "changed under a worker");
+    assert!(!q.remove(&a.id).await.unwrap(), "removed under a worker");
+    assert_eq!(q.get(&a.id).await.unwrap().unwrap().entry, a);
+    // Its worker writes it back for later (well within the 1 s lease):
+    // free again, and not due.
+    let mut retried = a.clone();
+    retried.attempts = 1;
+    q.retry(held, &retried, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // The other one: a new state, due in an hour, replaces the old.
+    let mut changed = b.clone();
+    changed.attempts = 7;
+    changed.recipients[0].last_error = "451 4.7.1 later".into();
+    let later = now_ms() + 3_600_000;
+    assert!(q.update(&changed, later).await.unwrap());
+    let got = q.get(&b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (&got.entry, got.due_at_ms, got.leased),
+        (&changed, later, false)
+    );
+    assert_eq!(q.list().await.unwrap().len(), 2, "one copy per entry");
+    assert_eq!(q.depth().await.unwrap(), 2);
+    assert!(
+        take(q, Duration::from_millis(500)).await.is_none(),
+        "taken before its new due time"
+    );
+    // Seen (and handed back) by a taker, still not held by anyone.
+    let got = q.get(&b.id).await.unwrap().unwrap();
+    assert!(!got.leased, "a deferred entry counted as held");
+
+    // Retry now: due at once, and taken with its new state.
+    let mut now_due = changed.clone();
+    now_due.recipients[0].next_attempt_at_ms = 0;
+    assert!(q.update(&now_due, now_ms()).await.unwrap());
+    let taken = take(q, Duration::from_secs(3))
+        .await
+        .expect("due after the update");
+    assert_eq!(taken.entry, now_due);
+    q.ack(taken).await.unwrap();
+    assert!(q.get(&b.id).await.unwrap().is_none());
+    assert!(
+        !q.update(&now_due, 0).await.unwrap(),
+        "changed a gone entry"
+    );
+
+    // The one written back for later, seen (and handed back) by takers.
+    let got = q.get(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.entry, retried);
+    assert!(!got.leased);
+    assert!(got.due_at_ms > now_ms() + 50_000);
+    assert!(q.remove(&a.id).await.unwrap());
+    assert!(q.get(&a.id).await.unwrap().is_none());
+    assert!(!q.remove(&a.id).await.unwrap(), "removed twice");
+    assert_eq!(q.depth().await.unwrap(), 0);
+    assert!(take(q, Duration::from_millis(300)).await.is_none());
+}
+
+/// The queue gauges' figures: by status (due, deferred, leased) and by
+/// destination domain with the oldest entry.
+async fn queue_stats_contract(queue: Arc<dyn Queue>) {
+    let q = queue.as_ref();
+    let mut other = entry("c");
+    other.recipients[0].address = "x@Other.Example.".into();
+    other.received_at_ms = 1_600_000_000_000;
+    for e in [entry("a"), entry("b"), other] {
+        q.enqueue(&e).await.unwrap();
+    }
+    let leased = take(q, Duration::from_secs(1)).await.unwrap();
+    let deferred = leased.entry.clone();
+    q.retry(leased, &deferred, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let _held = take(q, Duration::from_secs(1)).await.unwrap();
+
+    let stats = q.stats(now_ms()).await.unwrap();
+    assert_eq!(stats.depth, 3);
+    assert_eq!(stats.by_status["due"].entries, 1);
+    assert_eq!(stats.by_status["deferred"].entries, 1);
+    assert_eq!(stats.by_status["leased"].entries, 1);
+    assert_eq!(
+        stats.by_status["due"].oldest_received_at_ms,
+        Some(1_600_000_000_000)
+    );
+    let domain = stats.by_domain["example.org"];
+    assert_eq!(domain.entries, 2);
+    assert_eq!(domain.oldest_received_at_ms, Some(1_700_000_000_000));
+    assert_eq!(stats.by_domain["other.example"].entries, 1);
+}
+
+#[tokio::test]
+async fn sqlite_queue_admin_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open(&dir.path().join("queue.db"))
+        .await
+        .unwrap();
+    queue_admin_contract(Arc::new(queue)).await;
+}
+
+#[tokio::test]
+async fn jetstream_queue_admin_contract() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    queue_admin_contract(Arc::new(queue)).await;
+    delete_stream(&options.stream).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_stats_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open(&dir.path().join("queue.db"))
+        .await
+        .unwrap();
+    queue_stats_contract(Arc::new(queue)).await;
+}
+
+#[tokio::test]
+async fn jetstream_queue_stats_contract() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    queue_stats_contract(Arc::new(queue)).await;
+    delete_stream(&options.stream).await;
+}
+
 #[tokio::test]
 async fn sqlite_queue_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,37 +414,14 @@ async fn jetstream_publishes_traceparent_and_not_before_headers() {
     delete_stream(&options.stream).await;
 }
 
+/// Above `stats_list_limit` entries, JetStream gives totals only (see
+/// `JetStreamQueue::stats`).
 #[tokio::test]
-async fn sqlite_queue_stats_by_status_and_domain() {
-    let dir = tempfile::tempdir().unwrap();
-    let queue = SqliteQueue::open(&dir.path().join("queue.db"))
-        .await
-        .unwrap();
-    for tag in ["a", "b", "c"] {
-        queue.enqueue(&entry(tag)).await.unwrap();
-    }
-    let leased = take(&queue, Duration::from_secs(1)).await.unwrap();
-    let deferred = leased.entry.clone();
-    queue
-        .retry(leased, &deferred, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let _held = take(&queue, Duration::from_secs(1)).await.unwrap();
-
-    let stats = queue.stats(now_ms()).await.unwrap();
-    assert_eq!(stats.depth, 3);
-    assert_eq!(stats.by_status["due"].entries, 1);
-    assert_eq!(stats.by_status["deferred"].entries, 1);
-    assert_eq!(stats.by_status["leased"].entries, 1);
-    let domain = stats.by_domain["example.org"];
-    assert_eq!(domain.entries, 3);
-    assert_eq!(domain.oldest_received_at_ms, Some(1_700_000_000_000));
-}
-
-/// JetStream gives totals only (see `JetStreamQueue::stats`).
-#[tokio::test]
-async fn jetstream_queue_stats_are_totals() {
-    let options = test_stream();
+async fn jetstream_queue_stats_of_a_large_stream_are_totals() {
+    let options = JetStreamOptions {
+        stats_list_limit: 1,
+        ..test_stream()
+    };
     let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
         .await
         .unwrap();
@@ -310,11 +441,14 @@ async fn jetstream_queue_stats_are_totals() {
     delete_stream(&options.stream).await;
 }
 
-/// A retry that is not due yet is handed back with a delay (nak): the
-/// consumer still holds it, so it counts with the leased ones.
+/// In totals, a retry that is not due yet is handed back with a delay
+/// (nak): the consumer still holds it, so it counts with the leased ones.
 #[tokio::test]
-async fn jetstream_deferred_entries_count_as_held() {
-    let options = test_stream();
+async fn jetstream_totals_count_deferred_entries_as_held() {
+    let options = JetStreamOptions {
+        stats_list_limit: 0,
+        ..test_stream()
+    };
     let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
         .await
         .unwrap();
@@ -348,6 +482,7 @@ fn test_stream() -> JetStreamOptions {
         subject: format!("mailfleet.test.{id}.entries"),
         consumer: "delivery".into(),
         ack_wait: Some(LEASE),
+        ..JetStreamOptions::default()
     }
 }
 

@@ -32,7 +32,7 @@ pub use counters_memory::MemoryCounters;
 pub use counters_redis::RedisCounters;
 pub use events_local::LocalEvents;
 pub use events_nats::NatsEvents;
-pub use queue_jetstream::{JetStreamOptions, JetStreamQueue, NOT_BEFORE_HEADER};
+pub use queue_jetstream::{JetStreamOptions, JetStreamQueue, NOT_BEFORE_HEADER, STATS_LIST_LIMIT};
 pub use queue_sqlite::SqliteQueue;
 
 /// A backend failed: the operation may be retried, nothing was half done

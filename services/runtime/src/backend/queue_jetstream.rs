@@ -12,14 +12,25 @@
 //! The NATS server we run (2.9) has no delayed publish, so a delayed retry
 //! publishes the new state with a `Mailfleet-Not-Before` header and takers
 //! hand such a message back (NAK with delay) until it is due.
+//!
+//! Queue administration ([`Queue::list`] and the rest) cannot use a second
+//! consumer: a work-queue stream refuses one on the same subject. It reads
+//! the stream by sequence instead (STREAM.MSG.GET, "next message on the
+//! subject from sequence n", one request per live message) and removes
+//! messages by sequence. See [`JetStreamQueue::list`] for what "leased"
+//! means there and how far that can be trusted.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    self, DeleteMessageErrorKind, LastRawMessageErrorKind, RetentionPolicy, StorageType,
+};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::OnceCell;
@@ -44,6 +55,12 @@ const CORRUPT_PARK: Duration = Duration::from_secs(3600);
 /// Tries at creating the stream before connect gives up.
 const CREATE_ATTEMPTS: u32 = 5;
 
+/// Up to this many messages in the stream, [`Queue::stats`] reads every
+/// entry (one request each) for the same by-status, by-domain and oldest
+/// figures as SQLite; above it, totals only, so that a backlog does not
+/// make each 5 s gauge refresh cost tens of thousands of requests.
+pub const STATS_LIST_LIMIT: u64 = 10_000;
+
 /// Names and lease of the queue; the defaults are the production ones.
 #[derive(Debug, Clone)]
 pub struct JetStreamOptions {
@@ -52,6 +69,9 @@ pub struct JetStreamOptions {
     pub consumer: String,
     /// The lease of every take. `None`: the `lease` of the first take.
     pub ack_wait: Option<Duration>,
+    /// Largest stream [`Queue::stats`] reads entry by entry
+    /// ([`STATS_LIST_LIMIT`]); above it, totals only.
+    pub stats_list_limit: u64,
 }
 
 impl Default for JetStreamOptions {
@@ -61,6 +81,7 @@ impl Default for JetStreamOptions {
             subject: subjects::QUEUE_SUBJECT.into(),
             consumer: subjects::QUEUE_CONSUMER.into(),
             ack_wait: None,
+            stats_list_limit: STATS_LIST_LIMIT,
         }
     }
 }
@@ -162,12 +183,13 @@ impl JetStreamQueue {
     }
 
     /// Publishes `entry` and waits for the PubAck: then it is stored.
+    /// Returns the stream sequence of the stored message.
     async fn publish(
         &self,
         entry: &QueueEntry,
         not_before_ms: Option<i64>,
         msg_id: bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut headers = HeaderMap::new();
         if !entry.traceparent.is_empty() {
             headers.insert(TRACEPARENT_HEADER, entry.traceparent.as_str());
@@ -191,7 +213,159 @@ impl JetStreamQueue {
         if ack.duplicate {
             debug!(queue_id = %entry.id, "jetstream enqueue was a duplicate");
         }
-        Ok(())
+        Ok(ack.sequence)
+    }
+
+    /// Every message of the queue subject, in stream order, decoded.
+    /// Messages that cannot be decoded are logged and left out.
+    async fn scan(&self) -> Result<Vec<Stored>> {
+        let mut copies = Vec::new();
+        let mut next = 1;
+        loop {
+            // "The first message on our subject at or after `next`": one
+            // request per live message, deleted and acked sequences skipped
+            // by the server.
+            let message = match self
+                .stream
+                .get_first_raw_message_by_subject(&self.options.subject, next)
+                .await
+            {
+                Ok(message) => message,
+                Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                Err(err) => return Err(nats(err)),
+            };
+            next = message.sequence + 1;
+            let entry = match QueueEntry::decode(message.payload.clone()) {
+                Ok(entry) => entry,
+                Err(err) => {
+                    warn!(stream_sequence = message.sequence, error = %err, "corrupt queue entry left out of the listing");
+                    continue;
+                }
+            };
+            let not_before = not_before(message.headers.get(NOT_BEFORE_HEADER));
+            // No not-before: due since it was stored, like SQLite's
+            // not_before_ms of an enqueued entry.
+            let stored_ms =
+                i64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            copies.push(Stored {
+                sequence: message.sequence,
+                due_at_ms: not_before.unwrap_or(stored_ms),
+                entry,
+            });
+        }
+        Ok(copies)
+    }
+
+    /// The highest stream sequence the consumer has handed out; 0 before
+    /// the consumer exists.
+    async fn delivered_sequence(&self) -> Result<u64> {
+        match self.stream.consumer_info(&self.options.consumer).await {
+            Ok(info) => Ok(info.delivered.stream_sequence),
+            Err(err) if consumer_missing(&err.kind()) => Ok(0),
+            Err(err) => Err(nats(err)),
+        }
+    }
+
+    /// The entries of the queue (newest copy of each id) with every older
+    /// copy's sequence, oldest id first.
+    async fn entries(&self) -> Result<Vec<(QueuedEntry, Copies)>> {
+        let copies = self.scan().await?;
+        let delivered = self.delivered_sequence().await?;
+        let now = now_ms();
+        let mut by_id: BTreeMap<String, (Stored, Vec<u64>)> = BTreeMap::new();
+        for copy in copies {
+            match by_id.get_mut(&copy.entry.id) {
+                // Stream order: a later copy is a newer state.
+                Some((newest, older)) => older.push(std::mem::replace(newest, copy).sequence),
+                None => {
+                    by_id.insert(copy.entry.id.clone(), (copy, Vec::new()));
+                }
+            }
+        }
+        // Queue ids are UUIDv7: in id order is oldest first, as SQLite lists.
+        Ok(by_id
+            .into_values()
+            .map(|(newest, older)| {
+                let leased = newest.due_at_ms <= now && newest.sequence <= delivered;
+                (
+                    QueuedEntry {
+                        entry: newest.entry,
+                        due_at_ms: newest.due_at_ms,
+                        leased,
+                    },
+                    Copies {
+                        newest: newest.sequence,
+                        older,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<(QueuedEntry, Copies)>> {
+        Ok(self
+            .entries()
+            .await?
+            .into_iter()
+            .find(|(queued, _)| queued.entry.id == id))
+    }
+
+    /// Deletes one message; false when it was no longer there.
+    async fn delete(&self, sequence: u64) -> Result<bool> {
+        match self.stream.delete_message(sequence).await {
+            Ok(deleted) => Ok(deleted),
+            Err(err) => match err.kind() {
+                DeleteMessageErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+                        || e.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(nats(err)),
+            },
+        }
+    }
+
+    /// Older copies are left over from a retry whose ack did not happen
+    /// (yet): once a newer state replaces them they only cost a duplicate.
+    async fn delete_older(&self, copies: &Copies) {
+        for sequence in &copies.older {
+            if let Err(error) = self.delete(*sequence).await {
+                warn!(stream_sequence = sequence, %error, "cannot delete an older copy of a queue entry");
+            }
+        }
+    }
+}
+
+/// One message of the stream, decoded.
+struct Stored {
+    sequence: u64,
+    due_at_ms: i64,
+    entry: QueueEntry,
+}
+
+/// The stream sequences holding one queue id.
+struct Copies {
+    newest: u64,
+    older: Vec<u64>,
+}
+
+fn consumer_missing(kind: &ConsumerInfoErrorKind) -> bool {
+    match kind {
+        ConsumerInfoErrorKind::NotFound => true,
+        ConsumerInfoErrorKind::JetStream(e) => e.error_code() == ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+fn not_before(value: Option<&async_nats::HeaderValue>) -> Option<i64> {
+    let value = value?;
+    match value.as_str().parse::<i64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => {
+            warn!(value = value.as_str(), "bad not-before header ignored");
+            None
+        }
     }
 }
 
@@ -200,7 +374,7 @@ impl Queue for JetStreamQueue {
     /// The entry id is the JetStream message id, so an enqueue repeated
     /// within the stream's duplicate window is stored once.
     async fn enqueue(&self, entry: &QueueEntry) -> Result<()> {
-        self.publish(entry, None, true).await
+        self.publish(entry, None, true).await.map(drop)
     }
 
     async fn take(&self, wait: Duration, lease: Duration) -> Result<Option<Leased>> {
@@ -230,17 +404,12 @@ impl Queue for JetStreamQueue {
                 // The pull request expired; loop to check the deadline.
                 None => continue,
             };
-            let not_before = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(NOT_BEFORE_HEADER))
-                .and_then(|v| match v.as_str().parse::<i64>() {
-                    Ok(ms) => Some(ms),
-                    Err(_) => {
-                        warn!(value = v.as_str(), "bad not-before header ignored");
-                        None
-                    }
-                });
+            let not_before = not_before(
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(NOT_BEFORE_HEADER)),
+            );
             if let Some(not_before) = not_before {
                 let early = not_before.saturating_sub(now_ms());
                 if early > 0 {
@@ -299,14 +468,78 @@ impl Queue for JetStreamQueue {
         Ok(info.state.messages)
     }
 
-    /// Totals only: JetStream cannot look inside its messages cheaply, so
-    /// there is no breakdown by domain and no oldest entry. `due` is what
-    /// the consumer has not handed out yet (num_pending); `leased_or_deferred`
-    /// is what it has handed out and not seen acked (num_ack_pending): a
-    /// leased entry and one handed back with a delay (a retry not yet due,
-    /// nak with delay) both count there and cannot be told apart.
-    async fn stats(&self, _now_ms: i64) -> Result<QueueStats> {
+    /// Every entry (the newest copy of each queue id), oldest first.
+    ///
+    /// `due_at_ms` is the `Mailfleet-Not-Before` header of the newest copy,
+    /// or when it was stored. JetStream does not say which messages a
+    /// worker holds, so `leased` is inferred: the entry is due and its
+    /// stream sequence is at or below the last one the durable consumer
+    /// handed out (a work-queue stream drops acked messages, so what is
+    /// still there was handed out and not acked). An entry not yet due is
+    /// never leased: the consumer holds it only to hand it back at its time
+    /// (nak with delay). Limits of the rule: an entry whose worker died
+    /// counts as leased until another worker takes it (at most the ack wait
+    /// after that death, then it is leased again for real); a retry that
+    /// just became due counts as leased until the consumer redelivers it,
+    /// usually within a second. Both err on the side of "a worker may hold
+    /// it", so administration waits rather than racing a worker.
+    async fn list(&self) -> Result<Vec<QueuedEntry>> {
+        Ok(self.entries().await?.into_iter().map(|(q, _)| q).collect())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<QueuedEntry>> {
+        Ok(self.find(id).await?.map(|(q, _)| q))
+    }
+
+    /// Publishes the new state (with its not-before when later than now),
+    /// then deletes the old message: a crash in between leaves two copies,
+    /// of which listing and workers see the newer, never none. When the
+    /// old message is gone by then (a worker finished it meanwhile), the
+    /// new one is deleted again and the answer is false.
+    async fn update(&self, entry: &QueueEntry, due_at_ms: i64) -> Result<bool> {
+        let Some((queued, copies)) = self.find(&entry.id).await? else {
+            return Ok(false);
+        };
+        if queued.leased {
+            return Ok(false);
+        }
+        let not_before = (due_at_ms > now_ms()).then_some(due_at_ms);
+        let sequence = self.publish(entry, not_before, false).await?;
+        if !self.delete(copies.newest).await? {
+            // Acked or replaced by a worker between our read and now: its
+            // outcome stands, ours would resurrect or duplicate the entry.
+            self.delete(sequence).await?;
+            return Ok(false);
+        }
+        self.delete_older(&copies).await;
+        Ok(true)
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool> {
+        let Some((queued, copies)) = self.find(id).await? else {
+            return Ok(false);
+        };
+        if queued.leased {
+            return Ok(false);
+        }
+        let removed = self.delete(copies.newest).await?;
+        self.delete_older(&copies).await;
+        Ok(removed)
+    }
+
+    /// Up to `stats_list_limit` ([`STATS_LIST_LIMIT`]) messages: from [`Queue::list`], the same
+    /// figures as SQLite (by status, by domain, oldest entry).
+    ///
+    /// Above it, totals only: `due` is what the consumer has not handed
+    /// out yet (num_pending); `leased_or_deferred` is what it has handed
+    /// out and not seen acked (num_ack_pending): a leased entry and one
+    /// handed back with a delay (a retry not yet due, nak with delay) both
+    /// count there and cannot be told apart without reading each entry.
+    async fn stats(&self, now_ms: i64) -> Result<QueueStats> {
         let info = self.stream.get_info().await.map_err(nats)?;
+        if info.state.messages <= self.options.stats_list_limit {
+            return Ok(QueueStats::from_entries(&self.list().await?, now_ms));
+        }
         let mut stats = QueueStats {
             depth: info.state.messages,
             ..QueueStats::default()
