@@ -27,10 +27,12 @@ use tracing::{Instrument, info, info_span, warn};
 mod base64;
 pub mod imap;
 mod io;
+pub mod learn;
 pub mod metrics;
 pub mod pop3;
 pub mod store;
 
+pub use learn::Learner;
 pub use metrics::Metrics;
 pub use store::{AccessError, GrpcMailAccess, MailAccess};
 
@@ -73,6 +75,9 @@ pub struct Shared {
     /// `access.trusted_networks`: plain-text passwords are accepted from
     /// there (and from loopback) without TLS.
     pub trusted_networks: Vec<Cidr>,
+    /// `access.learn_from_junk_moves`: trains the filter's Bayes from
+    /// messages users move into and out of Junk; `None` when off.
+    pub learner: Option<Arc<Learner>>,
 }
 
 impl Shared {
@@ -144,6 +149,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         },
         tls: Some(tls),
         trusted_networks: Cidr::parse_list(&ctx.config.access.trusted_networks),
+        learner: if ctx.config.access.learn_from_junk_moves {
+            Some(Arc::new(Learner::new(&ctx.config.services.filter_url)?))
+        } else {
+            None
+        },
     });
 
     let imap = bind(&ctx.config.listen.imap, "imap").await?;

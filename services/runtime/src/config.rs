@@ -443,6 +443,9 @@ pub struct Access {
     /// Networks (CIDR) where LOGIN and plain-text authentication are
     /// allowed without TLS, besides loopback.
     pub trusted_networks: Vec<String>,
+    /// Train the filter's Bayesian classifier from IMAP users' moves: into
+    /// the Junk mailbox as spam, out of it (except into Trash) as ham.
+    pub learn_from_junk_moves: bool,
 }
 
 impl Default for Access {
@@ -450,6 +453,7 @@ impl Default for Access {
         Access {
             max_append_size: 25 * 1024 * 1024,
             trusted_networks: Vec::new(),
+            learn_from_junk_moves: true,
         }
     }
 }

@@ -25,6 +25,7 @@ use super::parser::{
 };
 use super::response::{self, Reply, Status, flag_list, internal_date, untagged};
 use super::search::{self, Candidate};
+use super::utf7;
 use crate::io::{Line, read_line};
 use crate::store::{AccessError, FlagMode, MessageInfo};
 use crate::{Connection, Shared};
@@ -36,7 +37,7 @@ use crate::{Connection, Shared};
 /// clients: rev2 behaviour starts only after `ENABLE IMAP4rev2`.
 pub const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE \
      UNSELECT UIDPLUS MOVE CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE \
-     CONDSTORE ESEARCH SEARCHRES QUOTA QUOTA=RES-STORAGE BINARY";
+     CONDSTORE ESEARCH SEARCHRES QUOTA QUOTA=RES-STORAGE BINARY UTF8=ACCEPT";
 
 /// The hierarchy delimiter of every mailbox name.
 pub const DELIMITER: char = '/';
@@ -180,6 +181,9 @@ struct Session {
     rev2: bool,
     /// RFC 5182: the UIDs saved by `SEARCH RETURN (SAVE)`, used as `$`.
     saved: Vec<u32>,
+    /// Mailbox names are UTF-8 on the wire (RFC 6855 `ENABLE UTF8=ACCEPT`,
+    /// or IMAP4rev2); modified UTF-7 otherwise (RFC 3501 §5.1.3).
+    utf8: bool,
 }
 
 impl Session {
@@ -195,6 +199,7 @@ impl Session {
             greeted: false,
             rev2: false,
             saved: Vec::new(),
+            utf8: false,
         }
     }
 
@@ -327,6 +332,10 @@ impl Session {
     /// is allowed in the current state (RFC 9051 §6).
     async fn handle(&mut self, body: CommandBody) -> Reply {
         let body = self.expand_saved(body);
+        let body = match utf7::decode_names(body, self.utf8) {
+            Ok(body) => body,
+            Err(error) => return Reply::bad(error.to_string()),
+        };
         match body {
             CommandBody::Capability => self.capability(),
             CommandBody::Noop => self.noop("NOOP").await,
@@ -647,7 +656,13 @@ impl Session {
                 }
                 "IMAP4REV2" => {
                     self.rev2 = true;
+                    // RFC 9051 §5.1: rev2 mailbox names are UTF-8.
+                    self.utf8 = true;
                     enabled.push("IMAP4rev2");
+                }
+                "UTF8=ACCEPT" => {
+                    self.utf8 = true;
+                    enabled.push("UTF8=ACCEPT");
                 }
                 _ => {}
             }
@@ -742,7 +757,7 @@ impl Session {
             }
             let mut line =
                 format!("* LIST ({}) \"{DELIMITER}\" ", attributes.join(" ")).into_bytes();
-            response::string(&mut line, &mailbox.name);
+            response::string(&mut line, &utf7::wire_name(&mailbox.name, self.utf8));
             line.extend_from_slice(b"\r\n");
             lines.push(line);
             // RFC 5819 §2: LIST-STATUS
@@ -773,7 +788,7 @@ impl Session {
                 continue;
             }
             let mut line = format!("* LSUB () \"{DELIMITER}\" ").into_bytes();
-            response::string(&mut line, &mailbox.name);
+            response::string(&mut line, &utf7::wire_name(&mailbox.name, self.utf8));
             line.extend_from_slice(b"\r\n");
             lines.push(line);
         }
@@ -886,7 +901,7 @@ impl Session {
             });
         }
         let mut line = b"* STATUS ".to_vec();
-        response::string(&mut line, mailbox);
+        response::string(&mut line, &utf7::wire_name(mailbox, self.utf8));
         line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
         Ok(line)
     }
@@ -961,6 +976,15 @@ impl Session {
             }
             Err(error) => return store_failure(error),
         };
+        if let Some(learner) = &self.shared.learner {
+            learner.after_copy(
+                self.shared.store.clone(),
+                account,
+                &mailbox.name,
+                target,
+                &copied,
+            );
+        }
         let code = (!copied.pairs.is_empty()).then(|| {
             let (from, to): (Vec<u32>, Vec<u32>) = copied.pairs.iter().copied().unzip();
             format!(

@@ -514,6 +514,7 @@ pub fn shared(store: &Arc<MemoryStore>) -> Arc<Shared> {
         limits: Limits::default(),
         tls: None,
         trusted_networks: Vec::new(),
+        learner: None,
     })
 }
 
