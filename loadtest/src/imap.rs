@@ -1,8 +1,6 @@
 //! The IMAP client side (RFC 9051 / RFC 3501, IDLE RFC 2177): tagged
 //! commands, responses with literals read whole, and the `imap` scenario's
-//! operation mix. Only commands both Mailfleet and Dovecot serve are in the
-//! default mix; SEARCH is there to be added (`--mix ...,search:10`) once the
-//! server under test has it.
+//! operation mix (SEARCH included, since Mailfleet serves it too).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -277,7 +275,11 @@ impl Op {
                 let sign = if r & 1 == 0 { '+' } else { '-' };
                 Some(format!("STORE {} {sign}FLAGS (\\Flagged)", pick(r >> 1)))
             }
-            Op::Search => Some("SEARCH UNSEEN".into()),
+            // What a mail client asks most: the unread messages, and a
+            // subject search as a user types one (a header key, so the
+            // server reads more than flags).
+            Op::Search if r & 1 == 0 => Some("SEARCH UNSEEN".into()),
+            Op::Search => Some(format!("SEARCH SUBJECT \"#{}\"", (r >> 1) % 100)),
             Op::Select => Some("SELECT INBOX".into()),
             Op::Noop => Some("NOOP".into()),
             Op::FetchHeaders | Op::FetchBody | Op::Store | Op::Idle => None,

@@ -1,6 +1,6 @@
 //! `mailfleet-loadtest`: a load generator for Mailfleet and the servers it is
-//! compared with (Postfix + Dovecot). Scenarios `smtp`, `e2e`, `imap` and
-//! `idle`; a human summary or `--json`, a progress line on stderr, and
+//! compared with (Postfix + Dovecot). Scenarios `smtp`, `e2e`, `outbound`,
+//! `imap` and `idle`; a human summary or `--json`, a progress line on stderr, and
 //! loopback targets only unless `--allow-remote`.
 
 mod imap;
@@ -8,6 +8,7 @@ mod message;
 mod net;
 mod rss;
 mod scenario;
+mod sink;
 mod smtp;
 mod stats;
 
@@ -72,6 +73,24 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         poll_ms: u64,
     },
+    /// Like smtp, to recipients the server relays elsewhere, and a sink on
+    /// --sink that receives what it relays: throughput at the sink and
+    /// queue-to-sink latency.
+    Outbound {
+        #[command(flatten)]
+        smtp: SmtpArgs,
+        /// Address the sink listens on: the relay host (or MX) the server
+        /// under test delivers to.
+        #[arg(long)]
+        sink: String,
+        /// Milliseconds the sink waits before each response (once per round
+        /// trip: pipelined commands are answered together).
+        #[arg(long, default_value_t = 0)]
+        sink_delay_ms: u64,
+        /// Seconds to wait for delivery after the last message was sent.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// N sessions running a mix of IMAP operations for a duration.
     Imap {
         #[arg(long, default_value = "127.0.0.1:1143")]
@@ -87,7 +106,7 @@ enum Scenario {
         /// idle, select, noop.
         #[arg(
             long,
-            default_value = "fetch-headers:35,fetch-body:25,store:15,select:10,idle:5,noop:10"
+            default_value = "fetch-headers:30,fetch-body:20,search:10,store:15,select:10,idle:5,noop:10"
         )]
         mix: imap::Mix,
         /// Seconds to run.
@@ -520,6 +539,101 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             if d.delivered == 0 && expected > 0 {
                 bail!("no accepted message became visible over IMAP within {wait} s");
+            }
+        }
+        Scenario::Outbound {
+            smtp: a,
+            sink: sink_at,
+            sink_delay_ms,
+            wait,
+        } => {
+            let plan = smtp_plan(&cli, a).await?;
+            let sink_addr = resolve(sink_at, cli.allow_remote).await?;
+            let arrivals = sink::arrivals();
+            let sink = sink::Sink::start(
+                sink_addr,
+                Duration::from_millis(*sink_delay_ms),
+                plan.run_id.clone(),
+                arrivals.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("sink on {sink_addr}: {e}"))?;
+            let t0 = Instant::now();
+            let (mut report, out) = send(&cli, a, plan, t0).await;
+            let expected: Vec<u64> = out.accepted.iter().map(|x| x.index).collect();
+            let counted = Arc::new(AtomicU64::new(0));
+            let line = ProgressLine::start(
+                cli.quiet,
+                "at the sink",
+                counted.clone(),
+                Arc::new(AtomicU64::new(0)),
+                Some(expected.len() as u64),
+            );
+            let deadline = Instant::now() + Duration::from_secs(*wait);
+            let mirror = {
+                let (arrivals, counted, expected) =
+                    (arrivals.clone(), counted.clone(), expected.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = sink::wait_for(&arrivals, &expected, Instant::now()).await;
+                        counted.store(n as u64, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                })
+            };
+            sink::wait_for(&arrivals, &expected, deadline).await;
+            mirror.abort();
+            drop(line);
+            let stats = sink.stats();
+            let listened = sink.addr;
+            drop(sink);
+            let map = arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let d = scenario::delivery(&out.accepted, &map, t0);
+            let first = out
+                .accepted
+                .iter()
+                .filter_map(|x| map.get(&x.index))
+                .min()
+                .copied();
+            // Delivered per second at the sink, first to last arrival: the
+            // relay rate itself, whatever the submission rate was.
+            let sink_per_s = match first {
+                Some(first) if d.delivered > 1 => rate(
+                    d.delivered - 1,
+                    (t0 + Duration::from_secs_f64(d.elapsed_s)) - first,
+                ),
+                _ => 0.0,
+            };
+            report["delivery"] = serde_json::to_value(&d)?;
+            report["sink"] = serde_json::to_value(&stats)?;
+            report["sink"]["addr"] = json!(listened.to_string());
+            report["sink"]["delay_ms"] = json!(sink_delay_ms);
+            report["sink"]["per_s"] = json!(sink_per_s);
+            output(&cli, "outbound", report, |r| {
+                print_smtp(r);
+                println!(
+                    "  at the sink {} of {} accepted ({} missing) in {:.2} s: {:.1} msg/s from first send, \
+                     {sink_per_s:.1} msg/s first to last arrival",
+                    d.delivered,
+                    expected.len(),
+                    d.missing,
+                    d.elapsed_s,
+                    d.end_to_end_per_s
+                );
+                println!("  accept→sink {}", latency_line(&d.delivery_latency));
+                println!(
+                    "  sink        {} connections (at most {} at once), {} messages, {} from other runs, \
+                     {} duplicates, {} broken sessions",
+                    stats.connections,
+                    stats.peak_connections,
+                    stats.messages,
+                    stats.foreign,
+                    stats.duplicates,
+                    stats.broken_sessions
+                );
+            });
+            if d.delivered == 0 && !expected.is_empty() {
+                bail!("no accepted message reached the sink within {wait} s");
             }
         }
         Scenario::Imap {

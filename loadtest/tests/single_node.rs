@@ -77,6 +77,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a single node with extra configuration (`MAILFLEET__...`).
+    fn start_with(extra: &[(&str, String)]) -> Server {
         let bin = mailfleet_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
@@ -102,6 +107,9 @@ impl Server {
             "MAILFLEET__SERVICES__MAILSTORE_URL",
             format!("http://127.0.0.1:{}", ports["mailstore_grpc"]),
         );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("start mailfleet serve");
         let mut server = Server {
             child,
@@ -266,4 +274,53 @@ fn smtp_and_e2e_scenarios_against_a_single_node() {
         "{r}"
     );
     assert!(d["end_to_end_per_s"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+/// Relay through a single node to the load generator's sink: every
+/// accepted message reaches the sink once, over at most the node's 4
+/// delivery workers, and a slow sink shows in the queue-to-sink latency.
+#[test]
+fn outbound_scenario_relays_through_a_single_node_to_the_sink() {
+    let sink = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with(&[
+        (
+            "MAILFLEET__SMTP__RELAY_NETWORKS",
+            r#"["127.0.0.0/8"]"#.into(),
+        ),
+        ("MAILFLEET__DELIVERY__RELAY_HOST", sink.clone()),
+    ]);
+    server.cli(&["domain", "add", "example.test"]);
+    let r = loadtest(&[
+        "outbound",
+        "-t",
+        &server.addr("smtp"),
+        "--to",
+        "a@remote.test,b@remote.test",
+        "-c",
+        "4",
+        "-n",
+        "24",
+        "--pipelining",
+        "--sink",
+        &sink,
+        "--sink-delay-ms",
+        "50",
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(r["scenario"], "outbound");
+    assert_eq!(r["accepted"], 24, "{r}");
+    assert_eq!(r["delivery"]["delivered"], 24, "{r}");
+    assert_eq!(r["delivery"]["missing"], 0, "{r}");
+    assert_eq!(r["sink"]["messages"], 24, "{r}");
+    assert_eq!(r["sink"]["duplicates"], 0, "{r}");
+    let peak = r["sink"]["peak_connections"].as_u64().unwrap();
+    assert!((1..=4).contains(&peak), "delivery.workers is 4: {r}");
+    // MAIL/RCPT/DATA (pipelined) and the final dot: two round trips of
+    // 50 ms at least between queued and accepted by the sink.
+    let p50 = r["delivery"]["delivery_latency"]["p50_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(p50 >= 100.0, "{r}");
+    assert!(r["sink"]["per_s"].as_f64().unwrap() > 0.0, "{r}");
 }
