@@ -61,11 +61,12 @@ pub enum FilterError {
 pub struct Metrics {
     verdicts: Family<[(&'static str, &'static str); 1], Counter>,
     rules: Family<[(&'static str, String); 1], Counter>,
+    learned: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Metrics {
     /// Registers the metrics in `ctx.metrics` (`mailfleet_filter_verdicts_total`,
-    /// `mailfleet_filter_rules_total`).
+    /// `mailfleet_filter_rules_total`, `mailfleet_filter_bayes_learned_total`).
     pub fn register(ctx: &Context) -> Metrics {
         let metrics = Metrics::default();
         ctx.metrics.lock().expect("metrics lock").register(
@@ -77,6 +78,11 @@ impl Metrics {
             "filter_rules",
             "Rules that fired in verdicts, by rule",
             metrics.rules.clone(),
+        );
+        ctx.metrics.lock().expect("metrics lock").register(
+            "filter_bayes_learned",
+            "Messages the Bayesian classifier learnt through Filter.Learn (IMAP users' Junk moves), by class",
+            metrics.learned.clone(),
         );
         metrics
     }
@@ -229,9 +235,13 @@ impl Engine {
         verdict
     }
 
-    /// Greylisting (RFC 6647): a suspicious message from an unseen
-    /// (client /24, sender, recipient) triplet is deferred once with
-    /// 451 4.7.1; a real MTA retries and then passes.
+    /// Greylisting (RFC 6647): a suspicious message from a (client /24,
+    /// sender, recipient) triplet is deferred with 451 4.7.1 until
+    /// `greylist_delay_secs` have passed since the triplet's first attempt:
+    /// a real MTA retries later and passes, a spam bot that retries at once
+    /// (or never) does not. The first attempt is kept in the shared
+    /// counters, so every filter replica gives the same answer; it is
+    /// forgotten `greylist_window_secs` after it was made.
     async fn greylist(&self, verdict: &mut Verdict, ip: IpAddr, request: &CheckRequest) {
         let threshold = self.config.greylist_score;
         let Some(counters) = &self.counters else {
@@ -240,40 +250,64 @@ impl Engine {
         if threshold <= 0.0 || verdict.score < threshold || verdict.action() == Action::Reject {
             return;
         }
-        let network = match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, c, _] = v4.octets();
-                format!("{a}.{b}.{c}")
-            }
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}", s[0], s[1], s[2], s[3])
+        let key = greylist_key(ip, request);
+        let window = Duration::from_secs(self.config.greylist_window_secs.max(60));
+        let first_ms = match counters.first_seen(&key, window).await {
+            Ok(first_ms) => first_ms,
+            Err(error) => {
+                tracing::warn!(%error, "greylisting skipped");
+                return;
             }
         };
-        let rcpt = request.rcpt_to.first().map(String::as_str).unwrap_or("");
-        let key = format!(
-            "greylist:{network}:{}:{}",
-            request.mail_from.to_ascii_lowercase(),
-            rcpt.to_ascii_lowercase()
-        );
-        let window = Duration::from_secs(self.config.greylist_window_secs.max(60));
-        match counters.hit(&key, window).await {
-            Ok(1) => {
-                verdict.set_action(Action::Tempfail);
-                // RFC 6647 §2.1 with RFC 3463 4.7.1: try again later.
-                verdict.smtp_code = 451;
-                verdict.enhanced_code = "4.7.1".into();
-                verdict.reason = "greylisted, please try again later".into();
-                verdict.rules.push(mailfleet_proto::filter::Rule {
-                    name: "GREYLIST".into(),
-                    score: 0.0,
-                });
-                verdict.headers = rules::headers(verdict, self.rules.thresholds.add_header);
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "greylisting skipped"),
+        // At least 1 ms, so that a delay of 0 still defers the first attempt.
+        let delay_ms = self.config.greylist_delay_secs.saturating_mul(1000).max(1);
+        let waited_ms = now_ms().saturating_sub(first_ms);
+        if waited_ms >= delay_ms {
+            return;
         }
+        verdict.set_action(Action::Tempfail);
+        // RFC 6647 §2.1 with RFC 3463 4.7.1: try again later.
+        verdict.smtp_code = 451;
+        verdict.enhanced_code = "4.7.1".into();
+        verdict.reason = format!(
+            "greylisted, please try again in {} seconds",
+            (delay_ms - waited_ms).div_ceil(1000)
+        );
+        verdict.rules.push(mailfleet_proto::filter::Rule {
+            name: "GREYLIST".into(),
+            score: 0.0,
+        });
+        verdict.headers = rules::headers(verdict, self.rules.thresholds.add_header);
     }
+}
+
+/// The greylisting triplet of a message (RFC 6647 §2.2): the client's /24
+/// (IPv4) or /64 (IPv6), since a sending farm retries from another address
+/// of its pool, and the envelope sender and first recipient.
+fn greylist_key(ip: IpAddr, request: &CheckRequest) -> String {
+    let network = match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}")
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}", s[0], s[1], s[2], s[3])
+        }
+    };
+    let rcpt = request.rcpt_to.first().map(String::as_str).unwrap_or("");
+    format!(
+        "greylist:{network}:{}:{}",
+        request.mail_from.to_ascii_lowercase(),
+        rcpt.to_ascii_lowercase()
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// The `Filter` gRPC service over an [`Engine`].
@@ -358,6 +392,11 @@ impl Filter for FilterService {
             .trained()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let class = if spam { "spam" } else { "ham" };
+        self.metrics
+            .learned
+            .get_or_create(&[("class", class)])
+            .inc();
         tracing::info!(spam, spam_messages, ham_messages, "bayes learned");
         Ok(Response::new(LearnReply {
             spam_messages,

@@ -4,7 +4,8 @@
 //! vocabularies. Prints precision and recall of the rules alone and of the
 //! rules with the Bayesian classifier after training on a separate half,
 //! and shows the classifier learns. Also: the Bayes stores (memory,
-//! SQLite, Redis when `MAILFLEET_TEST_REDIS_URL` is set) and greylisting.
+//! SQLite, Redis when `MAILFLEET_TEST_REDIS_URL` is set). Greylisting is
+//! in `greylist.rs`.
 
 use std::sync::Arc;
 
@@ -12,7 +13,6 @@ use mailfleet_filter::Engine;
 use mailfleet_filter::analysis::Analysis;
 use mailfleet_filter::bayes::Bayes;
 use mailfleet_proto::filter::{Action, CheckRequest};
-use mailfleet_runtime::backend::{Counters, MemoryCounters};
 use mailfleet_runtime::config::Filter as FilterConfig;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -411,48 +411,4 @@ async fn learns(name: &str, bayes: &Bayes) {
     println!("{name}: p(spam) of a spam probe {p_spam:.3}, of a ham probe {p_ham:.3}");
     assert!(p_spam > 0.9, "{name}: {p_spam}");
     assert!(p_ham < 0.1, "{name}: {p_ham}");
-}
-
-#[tokio::test]
-async fn greylisting_defers_an_unseen_suspicious_triplet_once() {
-    let counters: Arc<dyn Counters> = Arc::new(MemoryCounters::new());
-    let config = FilterConfig {
-        greylist_score: 1.0,
-        ..FilterConfig::default()
-    };
-    let engine =
-        Engine::from_config(&config, "mx.example.org", None, Some(counters), None).unwrap();
-    // Missing Date and Message-ID: 1.5, above the greylisting score.
-    let suspicious = CheckRequest {
-        client_ip: "192.0.2.5".into(),
-        helo: "client.test".into(),
-        mail_from: "a@client.test".into(),
-        rcpt_to: vec!["alice@example.org".into()],
-        authenticated: false,
-        message: b"From: a@client.test\r\nSubject: hello\r\n\r\nhi\r\n".to_vec(),
-    };
-    let first = engine.evaluate(suspicious.clone()).await;
-    assert_eq!(first.action(), Action::Tempfail);
-    assert_eq!(
-        (first.smtp_code, first.enhanced_code.as_str()),
-        (451, "4.7.1")
-    );
-    assert!(first.rules.iter().any(|r| r.name == "GREYLIST"));
-
-    // The retry from the same /24 passes.
-    let retry = CheckRequest {
-        client_ip: "192.0.2.6".into(),
-        ..suspicious.clone()
-    };
-    assert_eq!(engine.evaluate(retry).await.action(), Action::Accept);
-
-    // A clean message is never greylisted.
-    let clean = CheckRequest {
-        mail_from: "b@client.test".into(),
-        message: b"From: b@client.test\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
-            Message-ID: <1@client.test>\r\nSubject: hello\r\n\r\nhi\r\n"
-            .to_vec(),
-        ..suspicious
-    };
-    assert_eq!(engine.evaluate(clean).await.action(), Action::Accept);
 }

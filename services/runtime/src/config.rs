@@ -497,8 +497,12 @@ pub struct Filter {
     /// Score from which an unknown (client /24, sender, recipient) triplet
     /// is greylisted with 451 4.7.1 once; 0 turns greylisting off.
     pub greylist_score: f64,
-    /// Seconds a greylisting triplet is remembered.
+    /// Seconds a greylisting triplet is remembered from its first attempt;
+    /// after that its next attempt is greylisted again.
     pub greylist_window_secs: u64,
+    /// Seconds a greylisted triplet must wait before a retry passes (RFC
+    /// 6647 §2.1); an earlier retry gets 451 4.7.1 again.
+    pub greylist_delay_secs: u64,
     /// Attachment name extensions scored as suspicious.
     pub attachment_extensions: Vec<String>,
     /// Refuse messages with such attachments instead of scoring them.
@@ -543,6 +547,7 @@ impl Default for Filter {
             reject_score: 15.0,
             greylist_score: 0.0,
             greylist_window_secs: 86400,
+            greylist_delay_secs: 300,
             attachment_extensions: ["exe", "scr", "js", "vbs", "bat"]
                 .map(String::from)
                 .to_vec(),

@@ -568,6 +568,17 @@ async fn counters_contract(counters: Arc<dyn Counters>) {
     assert_eq!(counters.hit(&key, window).await.unwrap(), 1);
 
     assert!(counters.hit(&key, Duration::ZERO).await.is_err());
+
+    // First sightings: remembered for the ttl from the first one, then new.
+    let ttl = Duration::from_millis(600);
+    let first = counters.first_seen(&key, ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counters.first_seen(&key, ttl).await.unwrap(), first);
+    assert!(counters.first_seen(&other, ttl).await.unwrap() >= first + 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = counters.first_seen(&key, ttl).await.unwrap();
+    assert!(again >= first + 600, "forgotten after the ttl: {first} {again}");
+    assert!(counters.first_seen(&key, Duration::ZERO).await.is_err());
 }
 
 /// Sleeps until just after the start of the next window (windows are aligned

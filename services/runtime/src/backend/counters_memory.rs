@@ -22,6 +22,8 @@ struct State {
     /// (key, window length in ms) → the current window of that key.
     windows: HashMap<(String, u64), Window>,
     hits_since_prune: u64,
+    /// [`Counters::first_seen`]: key → (first seen, forgotten at), unix ms.
+    sightings: HashMap<String, (u64, u64)>,
 }
 
 #[derive(Clone, Copy)]
@@ -67,12 +69,34 @@ impl MemoryCounters {
         current.count += 1;
         Ok(current.count)
     }
+
+    fn first_seen_at(&self, key: &str, ttl: Duration, now_ms: u64) -> Result<u64> {
+        let ttl_ms = window_ms(ttl)?;
+        let mut state = self.lock();
+        state.hits_since_prune += 1;
+        if state.hits_since_prune >= PRUNE_EVERY {
+            state.hits_since_prune = 0;
+            state.sightings.retain(|_, &mut (_, until)| until > now_ms);
+        }
+        let record = state
+            .sightings
+            .entry(key.to_owned())
+            .or_insert((now_ms, now_ms.saturating_add(ttl_ms)));
+        if record.1 <= now_ms {
+            *record = (now_ms, now_ms.saturating_add(ttl_ms));
+        }
+        Ok(record.0)
+    }
 }
 
 #[async_trait]
 impl Counters for MemoryCounters {
     async fn hit(&self, key: &str, window: Duration) -> Result<u64> {
         self.hit_at(key, window, now_ms())
+    }
+
+    async fn first_seen(&self, key: &str, ttl: Duration) -> Result<u64> {
+        self.first_seen_at(key, ttl, now_ms())
     }
 }
 

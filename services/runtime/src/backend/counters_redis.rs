@@ -19,10 +19,18 @@ end
 return n
 ";
 
+/// SET NX with the expiry, then GET, in one step: every replica asking at
+/// once gets the one first sighting.
+const FIRST_SEEN_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+";
+
 pub struct RedisCounters {
     /// Reconnects by itself; cheap to clone per call.
     connection: ConnectionManager,
     script: Script,
+    first_seen: Script,
 }
 
 impl RedisCounters {
@@ -33,6 +41,7 @@ impl RedisCounters {
         Ok(RedisCounters {
             connection,
             script: Script::new(HIT_SCRIPT),
+            first_seen: Script::new(FIRST_SEEN_SCRIPT),
         })
     }
 }
@@ -59,5 +68,18 @@ impl Counters for RedisCounters {
             .invoke_async(&mut connection)
             .await?;
         Ok(count)
+    }
+
+    async fn first_seen(&self, key: &str, ttl: Duration) -> Result<u64> {
+        let ttl_ms = window_ms(ttl)?;
+        let mut connection = self.connection.clone();
+        let first: u64 = self
+            .first_seen
+            .key(format!("mailfleet:seen:{key}"))
+            .arg(now_ms())
+            .arg(ttl_ms)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(first)
     }
 }

@@ -253,6 +253,15 @@ pub trait Counters: Send + Sync + 'static {
     /// returns the count in that window, this hit included.
     async fn hit(&self, key: &str, window: Duration) -> Result<u64>;
 
+    /// When `key` was first seen (unix ms): now, recorded, when it is not
+    /// remembered; the record is forgotten `ttl` after it was made. Unlike
+    /// [`Counters::hit`]'s aligned windows this is a sliding memory, which
+    /// greylisting needs (RFC 6647 §2.1: a retry passes only after a
+    /// minimum delay since the first attempt).
+    async fn first_seen(&self, _key: &str, _ttl: Duration) -> Result<u64> {
+        Err(BackendError::Unsupported("remembering first sightings"))
+    }
+
     /// Fails when the backend cannot be reached (for `/readyz`).
     async fn ping(&self) -> Result<()> {
         Ok(())
