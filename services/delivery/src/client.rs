@@ -8,11 +8,9 @@
 //! by [`crate::reply`]; nothing the server sends can make us panic, only
 //! end the attempt with an [`SmtpError`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -318,108 +316,66 @@ impl Connection {
 }
 
 /// An open SMTP session, past EHLO (and STARTTLS and AUTH when they apply),
-/// ready for a transaction.
+/// ready for a transaction. Kept between messages by [`crate::pool`].
 pub struct Session {
     conn: Connection,
     ext: Extensions,
     tls: Option<TlsOutcome>,
-    idle_since: Instant,
 }
 
-/// Idle sessions kept for the next message to the same MX address, so a
-/// burst of mail to one destination does not pay for a connection, a TLS
-/// handshake and EHLO each time. Shared by the workers of a process.
-#[derive(Clone, Default)]
-pub struct Pool {
-    idle: Arc<Mutex<IdleSessions>>,
-}
-
-/// Idle sessions by MX address and name.
-type IdleSessions = HashMap<(SocketAddr, String), Vec<Session>>;
-
-/// How long an idle session is kept (well under the 5 minutes a server
-/// waits for the next command, RFC 5321 §4.5.3.2.7).
-const POOL_IDLE: Duration = Duration::from_secs(30);
-/// Idle sessions kept per MX address.
-const POOL_PER_ADDRESS: usize = 4;
-
-impl Pool {
-    fn take(&self, addr: SocketAddr, host: &str) -> (Option<Session>, Vec<Session>) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return (None, Vec::new());
-        };
-        let Some(sessions) = idle.get_mut(&(addr, host.to_owned())) else {
-            return (None, Vec::new());
-        };
-        let (fresh, stale): (Vec<Session>, Vec<Session>) = sessions
-            .drain(..)
-            .partition(|s| s.idle_since.elapsed() < POOL_IDLE);
-        *sessions = fresh;
-        (sessions.pop(), stale)
-    }
-
-    /// Keeps `session`, or gives it back when the pool is full.
-    fn put(&self, addr: SocketAddr, host: &str, mut session: Session) -> Option<Session> {
-        let Ok(mut idle) = self.idle.lock() else {
-            return Some(session);
-        };
-        let sessions = idle.entry((addr, host.to_owned())).or_default();
-        if sessions.len() >= POOL_PER_ADDRESS {
-            return Some(session);
-        }
-        session.idle_since = Instant::now();
-        sessions.push(session);
-        None
+impl Session {
+    /// Polite end: QUIT, its reply, then the TCP shutdown; best effort.
+    pub async fn quit(mut self, timeout: Duration) {
+        self.conn.quit(timeout).await;
     }
 }
 
 /// Runs one transaction with the MX at `addr` (`host` is its name, for SNI
-/// and certificate verification): on an idle session of `pool` when there
-/// is one that still answers, else on a new connection. The session goes
-/// back to the pool afterwards unless the server is closing it.
+/// and certificate verification) on a new connection, closed afterwards.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
     settings: &ClientSettings,
-    pool: Option<&Pool>,
     envelope: &Envelope<'_>,
 ) -> Result<Transaction, SmtpError> {
+    let (result, session) = deliver_on(None, addr, host, settings, envelope).await;
+    if let Some(session) = session {
+        session.quit(settings.timeouts.command).await;
+    }
+    result
+}
+
+/// Runs one transaction on `idle` when it still answers (RSET), else on a
+/// new connection to `addr`. Returns the session too while the server
+/// still talks, for the next message; `None` when it hung up or is
+/// closing (421), so the connection is gone.
+pub async fn deliver_on(
+    idle: Option<Session>,
+    addr: SocketAddr,
+    host: &str,
+    settings: &ClientSettings,
+    envelope: &Envelope<'_>,
+) -> (Result<Transaction, SmtpError>, Option<Session>) {
     let t = &settings.timeouts;
     let mut session = None;
-    if let Some(pool) = pool {
-        let (idle, stale) = pool.take(addr, host);
-        for mut old in stale {
-            old.conn.quit(t.command).await;
-        }
-        if let Some(mut idle) = idle {
-            // RFC 5321 §4.1.1.5: RSET starts a clean transaction; a server
-            // that hung up meanwhile is simply replaced.
-            if idle
-                .conn
-                .command(Stage::Mail, "RSET\r\n", t.mail)
-                .await
-                .is_ok()
-            {
-                session = Some(idle);
-            }
+    if let Some(mut idle) = idle {
+        // RFC 5321 §4.1.1.5: RSET starts a clean transaction; a server
+        // that hung up meanwhile is simply replaced.
+        if idle
+            .conn
+            .command(Stage::Mail, "RSET\r\n", t.mail)
+            .await
+            .is_ok()
+        {
+            session = Some(idle);
         }
     }
     let mut session = match session {
         Some(session) => session,
-        None => {
-            let stream = tokio::time::timeout(t.connect, connect(addr, settings.source_ip))
-                .await
-                .map_err(|_| SmtpError::Timeout {
-                    stage: Stage::Connect,
-                })?
-                .map_err(|source| SmtpError::Io {
-                    stage: Stage::Connect,
-                    source,
-                })?;
-            // Small commands, pipelined or not: do not wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            open(Box::new(stream), host, settings).await?
-        }
+        None => match connect_and_open(addr, host, settings).await {
+            Ok(session) => session,
+            Err(error) => return (Err(error), None),
+        },
     };
     let result = transaction(&mut session.conn, &session.ext, t, envelope).await;
     let tls = session.tls.clone();
@@ -430,17 +386,28 @@ pub async fn deliver(
         Err(SmtpError::Rejected { reply, .. }) => reply.code != 421,
         Err(_) => false,
     };
-    if talking {
-        let leftover = match pool {
-            Some(pool) => pool.put(addr, host, session),
-            None => Some(session),
-        };
-        if let Some(mut session) = leftover {
-            session.conn.quit(t.command).await;
-        }
-    }
-    let (rcpt, data) = result?;
-    Ok(Transaction { rcpt, data, tls })
+    let result = result.map(|(rcpt, data)| Transaction { rcpt, data, tls });
+    (result, talking.then_some(session))
+}
+
+async fn connect_and_open(
+    addr: SocketAddr,
+    host: &str,
+    settings: &ClientSettings,
+) -> Result<Session, SmtpError> {
+    let t = &settings.timeouts;
+    let stream = tokio::time::timeout(t.connect, connect(addr, settings.source_ip))
+        .await
+        .map_err(|_| SmtpError::Timeout {
+            stage: Stage::Connect,
+        })?
+        .map_err(|source| SmtpError::Io {
+            stage: Stage::Connect,
+            source,
+        })?;
+    // Small commands, pipelined or not: do not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    open(Box::new(stream), host, settings).await
 }
 
 /// A TCP connection to `addr`, from `source` when given.
@@ -505,12 +472,7 @@ async fn open(
     if let Some(credentials) = &settings.auth {
         authenticate(&mut conn, &ext, tls.is_some(), credentials, t).await?;
     }
-    Ok(Session {
-        conn,
-        ext,
-        tls,
-        idle_since: Instant::now(),
-    })
+    Ok(Session { conn, ext, tls })
 }
 
 /// One transaction over an established stream, without a pool (tests over

@@ -20,6 +20,7 @@ pub mod error;
 pub mod limits;
 mod metrics;
 pub mod mx;
+pub mod pool;
 pub mod remote;
 pub mod reply;
 pub mod route;
@@ -49,6 +50,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let directory = DirectoryClient::new(channel);
     let history = mailfleet_runtime::history::Recorder::new(&ctx.config.services.mailstore_url)?;
+    let limits = open_limits(&ctx).await;
+    let connections = pool::Connections::new(limits.clone());
     let remote = remote::Remote {
         resolver: ctx.dns()?,
         client: client::ClientSettings {
@@ -69,7 +72,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         },
         port: ctx.config.delivery.remote_smtp_port,
         relay: ctx.config.delivery.relay(),
-        pool: client::Pool::default(),
+        connections: connections.clone(),
     };
     let metrics = {
         let mut registry = ctx
@@ -82,8 +85,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     // configuration problem, reported at start. The queue may be a NATS
     // server that is not up yet, so workers open it (and retry) themselves.
     ctx.spool().await?;
-
-    let limits = open_limits(&ctx).await;
+    // Idle connections are closed once no worker can use them any more.
+    let sweeper_stop = CancellationToken::new();
+    let sweeper = tokio::spawn(connections.run_sweeper(sweeper_stop.clone()));
 
     let mut workers = JoinSet::new();
     for id in 0..ctx.config.delivery.workers {
@@ -107,6 +111,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
             tracing::error!(%error, "delivery worker panicked");
         }
     }
+    sweeper_stop.cancel();
+    if let Err(error) = sweeper.await {
+        tracing::error!(%error, "idle connection sweeper panicked");
+    }
     ctx.readiness.set(READINESS, false);
     if !shutdown.is_cancelled() {
         return Err("every delivery worker stopped before shutdown".into());
@@ -127,8 +135,10 @@ async fn open_limits(ctx: &Context) -> limits::Limits {
             None
         }
     };
-    // A slot is held at most for one attempt's budget (see the worker).
-    let lease = std::time::Duration::from_secs(d.lease_secs * 3 / 4 + 30);
+    // A slot is a connection: its lease covers one attempt's budget (see
+    // the worker), then the idle time of the connection, with a margin;
+    // taking it for an attempt and keeping it idle both renew it (`pool`).
+    let lease = std::time::Duration::from_secs(d.lease_secs * 3 / 4 + 30) + pool::POOL_IDLE;
     let (max, per_minute) = (
         d.max_connections_per_domain,
         d.messages_per_domain_per_minute,

@@ -10,6 +10,12 @@
 //! are the slots taken, scored by when their lease runs out, so a worker
 //! killed mid-delivery frees its slot when the lease ends. The rate uses the
 //! shared [`Counters`] of the runtime.
+//!
+//! A slot is a connection, not an attempt: an idle connection kept for the
+//! next message ([`crate::pool`]) keeps its slot (renewed while it waits),
+//! so the limit is the number of connections open to a domain. A worker
+//! that finds the domain full says so ([`Limits::want`]) and every process
+//! closes its idle connections to it ([`Limits::wanted`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,22 @@ end
 return 0
 ";
 
+/// Pushes a slot's lease further when the slot is still ours (a slot
+/// whose lease ran out may have been dropped and taken by someone else).
+const RENEW: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// How long a "a worker waits for a slot of this domain" flag lives: a
+/// little more than a blocked destination's wait, so the flag is there
+/// until its next try.
+const WANTED_TTL: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 #[error("destination limits: {0}")]
 pub struct LimitError(String);
@@ -38,7 +60,11 @@ pub struct LimitError(String);
 #[derive(Clone)]
 enum Slots {
     Memory(Arc<Mutex<HashMap<String, usize>>>),
-    Redis(ConnectionManager, Arc<Script>),
+    Redis {
+        connection: ConnectionManager,
+        acquire: Arc<Script>,
+        renew: Arc<Script>,
+    },
 }
 
 /// The limits of one process, cheap to clone.
@@ -54,8 +80,9 @@ pub struct Limits {
     lease: Duration,
 }
 
-/// A taken slot; give it back with [`Limits::release`]. An in-memory slot
-/// is also given back when dropped.
+/// A taken slot: one connection to the domain, open or about to be. Give
+/// it back with [`Limits::release`]; an in-memory slot is also given back
+/// when dropped.
 pub struct Permit {
     domain: String,
     token: String,
@@ -121,14 +148,26 @@ impl Limits {
             let connection = ConnectionManager::new(client)
                 .await
                 .map_err(|e| LimitError(e.to_string()))?;
-            limits.slots = Slots::Redis(connection, Arc::new(Script::new(ACQUIRE)));
+            limits.slots = Slots::Redis {
+                connection,
+                acquire: Arc::new(Script::new(ACQUIRE)),
+                renew: Arc::new(Script::new(RENEW)),
+            };
         }
         Ok(limits)
     }
 
-    /// A slot for `domain`, or why not now. Backend trouble lets the
-    /// delivery go ahead (with a warning): a broken Redis must not stop mail.
+    /// A slot for `domain` within its rate, or why not now: both checks
+    /// of [`Limits::check_rate`] and [`Limits::try_acquire_slot`].
     pub async fn try_acquire(&self, domain: &str) -> Result<Permit, Busy> {
+        self.check_rate(domain).await?;
+        self.try_acquire_slot(domain).await
+    }
+
+    /// Counts one delivery to `domain` against its rate per minute. Backend
+    /// trouble lets the delivery go ahead (with a warning): a broken Redis
+    /// must not stop mail.
+    pub async fn check_rate(&self, domain: &str) -> Result<(), Busy> {
         if self.per_minute > 0
             && let Some(counters) = &self.counters
         {
@@ -141,6 +180,11 @@ impl Limits {
                 Err(error) => tracing::warn!(domain, %error, "rate counter unavailable"),
             }
         }
+        Ok(())
+    }
+
+    /// A connection slot for `domain`, or [`Busy::Connections`].
+    pub async fn try_acquire_slot(&self, domain: &str) -> Result<Permit, Busy> {
         let token = uuid::Uuid::now_v7().to_string();
         let unlimited = || Permit {
             domain: domain.to_owned(),
@@ -164,10 +208,14 @@ impl Limits {
                     memory: Some(memory.clone()),
                 })
             }
-            Slots::Redis(connection, script) => {
+            Slots::Redis {
+                connection,
+                acquire,
+                ..
+            } => {
                 let now = now_ms();
-                let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-                let result: Result<i64, _> = script
+                let lease_ms = self.lease_ms();
+                let result: Result<i64, _> = acquire
                     .key(slot_key(domain))
                     .arg(now)
                     .arg(now.saturating_add(lease_ms))
@@ -192,10 +240,86 @@ impl Limits {
         }
     }
 
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Keeps a slot for another lease (a pooled connection that stays open,
+    /// or is used again). False when the slot is no longer ours: its lease
+    /// ran out and it may be someone else's, so its connection must close.
+    /// Backend trouble keeps it (with a warning), like acquiring does.
+    pub async fn renew(&self, permit: &Permit) -> bool {
+        let Slots::Redis {
+            connection, renew, ..
+        } = &self.slots
+        else {
+            return true;
+        };
+        if permit.token.is_empty() {
+            return true;
+        }
+        let lease_ms = self.lease_ms();
+        let result: Result<i64, _> = renew
+            .key(slot_key(&permit.domain))
+            .arg(now_ms().saturating_add(lease_ms))
+            .arg(&permit.token)
+            .arg(lease_ms.saturating_mul(2))
+            .invoke_async(&mut connection.clone())
+            .await;
+        match result {
+            Ok(renewed) => renewed == 1,
+            Err(error) => {
+                tracing::warn!(domain = %permit.domain, %error, "cannot renew a concurrency slot");
+                true
+            }
+        }
+    }
+
+    /// Says that a worker waits for a slot of `domain`, so that other
+    /// processes close their idle connections to it ([`Limits::wanted`]).
+    /// In memory, the only holders are this process's, which the caller
+    /// handles itself.
+    pub async fn want(&self, domain: &str) {
+        if let Slots::Redis { connection, .. } = &self.slots {
+            let result: Result<(), _> = redis::cmd("SET")
+                .arg(wanted_key(domain))
+                .arg(1)
+                .arg("PX")
+                .arg(WANTED_TTL.as_millis() as u64)
+                .query_async(&mut connection.clone())
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(domain, %error, "cannot ask for a concurrency slot");
+            }
+        }
+    }
+
+    /// Which of `domains` a worker somewhere waits for.
+    pub async fn wanted(&self, domains: &[String]) -> Vec<bool> {
+        let Slots::Redis { connection, .. } = &self.slots else {
+            return vec![false; domains.len()];
+        };
+        if domains.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = domains.iter().map(|d| wanted_key(d)).collect();
+        let result: Result<Vec<Option<String>>, _> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection.clone())
+            .await;
+        match result {
+            Ok(values) => values.iter().map(Option::is_some).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read which destinations wait for a slot");
+                vec![false; domains.len()]
+            }
+        }
+    }
+
     /// Gives a slot back (a no-op for in-memory and unlimited ones, which
     /// go back on drop).
     pub async fn release(&self, permit: Permit) {
-        if let Slots::Redis(connection, _) = &self.slots
+        if let Slots::Redis { connection, .. } = &self.slots
             && !permit.token.is_empty()
         {
             let result: Result<i64, _> = redis::cmd("ZREM")
@@ -214,6 +338,10 @@ impl Limits {
 
 fn slot_key(domain: &str) -> String {
     format!("mailfleet:delivery:slots:{domain}")
+}
+
+fn wanted_key(domain: &str) -> String {
+    format!("mailfleet:delivery:wanted:{domain}")
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use hickory_resolver::TokioResolver;
 use crate::client::{self, ClientSettings, Envelope};
 use crate::error::{DeliveryError, Diagnostic};
 use crate::mx::{self, MxPlan};
+use crate::pool::{Connections, Lane, Open};
 use crate::tls::TlsOutcome;
 
 /// How one recipient of the group fared.
@@ -35,16 +36,19 @@ pub struct Remote {
     /// `delivery.relay_host`: every remote message goes to this smarthost
     /// (host, port) instead of the recipient domain's MX.
     pub relay: Option<(String, u16)>,
-    /// Idle sessions for the next message to the same MX.
-    pub pool: client::Pool,
+    /// Connections per domain, idle ones kept for the next message, each
+    /// holding a slot of `delivery.max_connections_per_domain`.
+    pub connections: Connections,
 }
 
 impl Remote {
-    /// Delivers `message` from `mail_from` to `recipients`, all in `domain`.
-    /// Returns one result per recipient, in order.
+    /// Delivers `message` from `mail_from` to `recipients`, all in `domain`,
+    /// over the one connection `lane` allows at a time (from
+    /// [`Connections::checkout`]). Returns one result per recipient, in order.
     pub async fn deliver(
         &self,
         domain: &str,
+        lane: &mut Lane,
         mail_from: &str,
         recipients: &[String],
         message: &[u8],
@@ -65,7 +69,7 @@ impl Remote {
                 Err(error) => return fail_all(error),
             },
         };
-        self.try_hosts(domain, &hosts, port, mail_from, recipients, message)
+        self.try_hosts(domain, lane, &hosts, port, mail_from, recipients, message)
             .await
     }
 
@@ -84,9 +88,11 @@ impl Remote {
 
     /// Each address of each host in turn until every recipient has a
     /// final answer.
+    #[allow(clippy::too_many_arguments)]
     async fn try_hosts(
         &self,
         domain: &str,
+        lane: &mut Lane,
         hosts: &[mx::MxHost],
         port: u16,
         mail_from: &str,
@@ -135,7 +141,7 @@ impl Remote {
                     message,
                 };
                 let addr = SocketAddr::new(ip, port);
-                match self.transaction(addr, &host.name, &envelope).await {
+                match self.transaction(lane, addr, &host.name, &envelope).await {
                     Ok(transaction) => {
                         let mut deferred = false;
                         for (k, i) in pending.iter().enumerate() {
@@ -187,23 +193,37 @@ impl Remote {
             .collect()
     }
 
-    /// One SMTP transaction; a failed TLS handshake is retried once in
-    /// plaintext, as opportunistic TLS does (better than not delivering).
+    /// One SMTP transaction on the lane's session to `addr` or a new one,
+    /// which stays on the lane while the server talks; a failed TLS
+    /// handshake is retried once in plaintext, as opportunistic TLS does
+    /// (better than not delivering).
     async fn transaction(
         &self,
+        lane: &mut Lane,
         addr: SocketAddr,
         host: &str,
         envelope: &Envelope<'_>,
     ) -> Result<client::Transaction, DeliveryError> {
-        match client::deliver(addr, host, &self.client, Some(&self.pool), envelope).await {
+        let idle = lane.session_for(addr, host).await;
+        let (result, session) = client::deliver_on(idle, addr, host, &self.client, envelope).await;
+        if let Some(session) = session {
+            lane.open = Some(Open {
+                addr,
+                host: host.to_owned(),
+                session,
+            });
+        }
+        match result {
+            // The failed handshake left no connection: the lane's one slot
+            // is free for the plaintext one.
             Err(error) if error.is_tls_failure() => {
                 tracing::warn!(mx = host, %addr, %error, "starttls failed, retrying in plaintext");
                 let plain = ClientSettings {
                     starttls: false,
                     ..self.client.clone()
                 };
-                // Not pooled: the next message tries TLS again.
-                client::deliver(addr, host, &plain, None, envelope)
+                // Closed after: the next message tries TLS again.
+                client::deliver(addr, host, &plain, envelope)
                     .await
                     .map_err(|e| DeliveryError::from_smtp(host, e))
             }

@@ -35,6 +35,7 @@ use tracing::Instrument;
 use crate::error::{DeliveryError, Diagnostic};
 use crate::limits::{Busy, Limits};
 use crate::metrics::Metrics;
+use crate::pool::Lane;
 use crate::remote::{RcptResult, Remote};
 use crate::schedule::{self, Destination};
 use crate::tls::TlsOutcome;
@@ -100,6 +101,9 @@ impl Worker {
                 }
             };
             let Some(leased) = taken else { continue };
+            // The lease started when the entry was handed out: every
+            // deadline of this turn counts from here.
+            let taken_at = tokio::time::Instant::now();
             let span = tracing::info_span!(
                 "delivery.attempt",
                 queue_id = %leased.entry.id,
@@ -111,7 +115,7 @@ impl Worker {
             // One message is one trace: this attempt, however late and on
             // whichever worker, continues the SMTP session's trace.
             mailfleet_runtime::trace::set_parent(&span, &leased.entry.traceparent);
-            if let Err(error) = self.handle(leased).instrument(span.clone()).await {
+            if let Err(error) = self.handle(leased, taken_at).instrument(span.clone()).await {
                 self.metrics.queue_errors.inc();
                 // The lease runs out and the entry comes back: nothing lost.
                 span.in_scope(|| tracing::warn!(%error, "cannot finish queue entry, it returns after its lease"));
@@ -127,7 +131,11 @@ impl Worker {
         self.ctx.queue().await?.take(TAKE_WAIT, lease).await
     }
 
-    async fn handle(&self, leased: Leased) -> Result<(), BackendError> {
+    async fn handle(
+        &self,
+        leased: Leased,
+        taken_at: tokio::time::Instant,
+    ) -> Result<(), BackendError> {
         let mut entry = leased.entry.clone();
         let attempts_before: Vec<u32> = entry.recipients.iter().map(|r| r.attempts).collect();
         let now = now_ms();
@@ -158,7 +166,8 @@ impl Worker {
             // One remote domain per turn: the entry is written back after
             // it, so its 250s are recorded before another domain is tried.
             if let Some(domain) = schedule::due_remote_domains(&entry, now).into_iter().next() {
-                self.deliver_remote(&mut entry, &domain, spooled).await;
+                self.deliver_remote(&mut entry, &domain, spooled, taken_at)
+                    .await;
             }
         }
 
@@ -359,7 +368,13 @@ impl Worker {
     }
 
     /// The due recipients of one remote domain, in one attempt.
-    async fn deliver_remote(&self, entry: &mut QueueEntry, domain: &str, spooled: &[u8]) {
+    async fn deliver_remote(
+        &self,
+        entry: &mut QueueEntry,
+        domain: &str,
+        spooled: &[u8],
+        taken_at: tokio::time::Instant,
+    ) {
         let now = now_ms();
         let expiry = self.expiry(entry);
         let indices: Vec<usize> = (0..entry.recipients.len())
@@ -370,9 +385,14 @@ impl Worker {
             })
             .collect();
         // Back-pressure: a destination at its limit waits, without using
-        // up an attempt.
-        let permit = match self.limits.try_acquire(domain).await {
-            Ok(permit) => permit,
+        // up an attempt. The slot is a connection: an idle one of this
+        // process to the domain, or a new one within the limit.
+        let lane = match self.limits.check_rate(domain).await {
+            Ok(()) => self.remote.connections.checkout(domain).await,
+            Err(busy) => Err(busy),
+        };
+        let mut lane = match lane {
+            Ok(lane) => lane,
             Err(busy) => {
                 let wait = match busy {
                     Busy::Connections => BUSY_CONNECTIONS_WAIT,
@@ -392,11 +412,22 @@ impl Worker {
                 return;
             }
         };
-        self.deliver_remote_with(entry, domain, spooled, indices, now, expiry)
-            .await;
-        self.limits.release(permit).await;
+        let deadline = taken_at + self.attempt_budget();
+        self.deliver_remote_with(
+            entry, domain, spooled, indices, now, expiry, &mut lane, deadline,
+        )
+        .await;
+        self.remote.connections.checkin(domain, lane).await;
     }
 
+    /// How long after the take a remote attempt must be over: 3/4 of the
+    /// lease, so the entry is written back (or acked) before the lease runs
+    /// out and another worker takes it while this one still delivers.
+    fn attempt_budget(&self) -> Duration {
+        Duration::from_millis(self.ctx.config.delivery.lease_secs * 750)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_remote_with(
         &self,
         entry: &mut QueueEntry,
@@ -405,6 +436,8 @@ impl Worker {
         indices: Vec<usize>,
         now: i64,
         expiry: i64,
+        lane: &mut Lane,
+        deadline: tokio::time::Instant,
     ) {
         let addresses: Vec<String> = indices
             .iter()
@@ -419,25 +452,36 @@ impl Worker {
                 return;
             }
         };
-        // An attempt must end well within the lease, or another worker
-        // would take the entry and deliver it a second time.
-        let budget = Duration::from_secs(self.ctx.config.delivery.lease_secs * 3 / 4);
+        // An attempt (MX lookup, connections, SMTP sessions) must end
+        // before the lease does, or another worker would take the entry
+        // and deliver it a second time. Cut at the deadline, it is a
+        // transient failure: the connection is dropped mid-dialogue (no
+        // final dot was answered, or its answer is lost and the message
+        // may arrive twice, the usual SMTP risk) and the entry is retried.
         let span = tracing::info_span!("delivery.remote", domain, otel.kind = "client");
         let started = std::time::Instant::now();
-        let results = tokio::time::timeout(
-            budget,
+        let results = tokio::time::timeout_at(
+            deadline,
             self.remote
-                .deliver(domain, &entry.mail_from, &addresses, &message)
+                .deliver(domain, lane, &entry.mail_from, &addresses, &message)
                 .instrument(span),
         )
         .await
         .unwrap_or_else(|_| {
+            let budget = self.attempt_budget();
+            tracing::warn!(
+                domain,
+                budget_ms = budget.as_millis() as u64,
+                "remote attempt cut before the lease runs out"
+            );
             vec![
+                // RFC 3463 4.4.7: delivery time expired (for this attempt).
                 RcptResult::Failed(DeliveryError::Transient(Diagnostic::local(
                     "4.4.7",
                     format!(
-                        "delivery to {domain} took longer than {}s",
-                        budget.as_secs()
+                        "delivery to {domain} did not finish within {} ms of the lease of {} s",
+                        budget.as_millis(),
+                        self.ctx.config.delivery.lease_secs
                     ),
                 )));
                 addresses.len()

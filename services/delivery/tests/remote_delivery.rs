@@ -242,12 +242,12 @@ async fn tls_verification_is_recorded() {
         auth: None,
     };
     let trusted = settings(TlsClient::new(roots));
-    let t = client::deliver(peer.addr, "mx.secure.test", &trusted, None, &envelope)
+    let t = client::deliver(peer.addr, "mx.secure.test", &trusted, &envelope)
         .await
         .unwrap();
     assert_eq!(t.tls, Some(TlsOutcome::Verified));
     // The right CA, the wrong name.
-    let t = client::deliver(peer.addr, "other.test", &trusted, None, &envelope)
+    let t = client::deliver(peer.addr, "other.test", &trusted, &envelope)
         .await
         .unwrap();
     assert!(
@@ -256,7 +256,7 @@ async fn tls_verification_is_recorded() {
         t.tls
     );
     let untrusted = settings(TlsClient::new(rustls::RootCertStore::empty()));
-    let t = client::deliver(peer.addr, "mx.secure.test", &untrusted, None, &envelope)
+    let t = client::deliver(peer.addr, "mx.secure.test", &untrusted, &envelope)
         .await
         .unwrap();
     assert!(matches!(t.tls, Some(TlsOutcome::Unverified(_))));
@@ -479,4 +479,87 @@ async fn connections_are_reused_for_the_next_message() {
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|m| m.tls));
     assert_eq!(peer.connections(), 1, "one connection for the three");
+}
+
+/// A delivery attempt ends before its lease does (3/4 of
+/// `delivery.lease_secs`): a peer that stalls on DATA past the lease gets
+/// its connection cut, the entry is retried (4.4.7), and no other worker
+/// takes it meanwhile — one message arrives, not two. Without the cut, a
+/// second worker would take the entry when the lease ran out and deliver
+/// it while the first, answered late, delivered it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_is_cut_before_its_lease_runs_out() {
+    let port = common::free_port();
+    let peer = Peer::start(loopback(20), port, Mode::StallFirstData(6_000), None).await;
+    let dns = DnsServer::start([Zone::new("stall.test").mx("@", 10, "mx").a("mx", ipv4(20))]).await;
+    let node = node(&dns, port, |c| {
+        c.delivery.lease_secs = 4;
+        c.delivery.workers = 2;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    node.send("alice@example.com", &["uma@stall.test"], MESSAGE)
+        .await;
+    node.wait_empty_queue().await;
+    let delivered_after = started.elapsed();
+    assert!(
+        delivered_after >= Duration::from_millis(2_900),
+        "delivered after {delivered_after:?}: the stalled attempt was not the first"
+    );
+    // Past the stall: a first attempt still waiting would deliver now.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer.data_commands(), 2, "one cut attempt, one retry");
+    assert_eq!(peer.connections(), 2);
+    let got = peer.messages();
+    assert_eq!(got.len(), 1, "delivered exactly once");
+    assert_eq!(got[0].data, MESSAGE);
+    assert!(
+        node.inbox("alice@example.com").await.is_empty(),
+        "no bounce"
+    );
+}
+
+/// `delivery.max_connections_per_domain = 1` over two delivery processes
+/// sharing Redis: the first keeps its connection open for the next message
+/// (it holds the domain's one slot while idle); the second waits, the
+/// first closes its idle connection because a worker waits for the
+/// domain, and only then does the second connect. Never two connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_count_against_the_limit_across_processes() {
+    let redis = std::env::var("MAILFLEET_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!("MAILFLEET_TEST_REDIS_URL is not set: the shared slots need a Redis server")
+    });
+    // A domain of its own: the slots in Redis are per domain.
+    let domain = format!("d{}.test", uuid::Uuid::now_v7().simple());
+    let port = common::free_port();
+    let peer = Peer::start(loopback(21), port, Mode::Accept, None).await;
+    let dns = DnsServer::start([Zone::new(&domain).mx("@", 10, "mx").a("mx", ipv4(21))]).await;
+    let tune = |c: &mut mailfleet_runtime::Config| {
+        c.backends.counters_url = redis.clone();
+        c.delivery.workers = 1;
+        c.delivery.max_connections_per_domain = 1;
+    };
+    let first = node(&dns, port, tune).await;
+    let second = node(&dns, port, tune).await;
+    let to = format!("vic@{domain}");
+
+    first
+        .send("alice@example.com", &[to.as_str()], MESSAGE)
+        .await;
+    first.wait_empty_queue().await;
+    assert_eq!(peer.messages().len(), 1);
+    assert_eq!(peer.open_sessions(), 1, "kept open for the next message");
+
+    second
+        .send("alice@example.com", &[to.as_str()], MESSAGE)
+        .await;
+    second.wait_empty_queue().await;
+    assert_eq!(peer.messages().len(), 2);
+    assert_eq!(peer.connections(), 2);
+    assert_eq!(
+        peer.max_concurrent(),
+        1,
+        "a second connection while the first was open"
+    );
 }

@@ -22,6 +22,9 @@ pub enum Mode {
     Refuse,
     /// Accept, but take this many milliseconds to answer the final dot.
     SlowAccept(u64),
+    /// Accept, but answer the first DATA command of the peer's life only
+    /// after this many milliseconds (a server that stalls).
+    StallFirstData(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +42,7 @@ struct State {
     rcpt_seen: usize,
     messages: Vec<Received>,
     connections: usize,
+    data_commands: usize,
     active: usize,
     max_active: usize,
     /// (client address, EHLO name) of each session.
@@ -126,6 +130,16 @@ impl Peer {
     /// RCPT commands seen (each one an attempt for one recipient).
     pub fn rcpts_seen(&self) -> usize {
         self.state.lock().unwrap().rcpt_seen
+    }
+
+    /// DATA commands seen.
+    pub fn data_commands(&self) -> usize {
+        self.state.lock().unwrap().data_commands
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.state.lock().unwrap().active
     }
 
     /// The most sessions that were open at once.
@@ -227,6 +241,16 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 "250 2.1.5 ok\r\n".into()
             }
         } else if upper.starts_with("DATA") {
+            let n = {
+                let mut s = state.lock().unwrap();
+                s.data_commands += 1;
+                s.data_commands
+            };
+            if let Mode::StallFirstData(ms) = mode
+                && n == 1
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             if recipients.is_empty() {
                 "554 5.5.1 no valid recipients\r\n".into()
             } else {
