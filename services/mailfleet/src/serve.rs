@@ -162,12 +162,17 @@ async fn run(config: mailfleet_runtime::Config, targets: Vec<Target>) -> Result<
     shutdown.cancel();
 
     // Drain: every target gets the grace period to finish its sessions.
+    // Meanwhile the singleton jobs stop and their Leases are released, so
+    // another replica takes them over now rather than after expiry.
     let drained = tokio::time::timeout(grace, async {
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((target, Err(e))) = done {
-                tracing::warn!(target = target.name(), error = %e, "target ended with an error while draining");
+        let targets = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((target, Err(e))) = done {
+                    tracing::warn!(target = target.name(), error = %e, "target ended with an error while draining");
+                }
             }
-        }
+        };
+        tokio::join!(ctx.step_down(), targets);
     })
     .await;
     if drained.is_err() {

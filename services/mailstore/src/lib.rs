@@ -23,6 +23,7 @@ use mailfleet_proto::mailstore::mailstore_server::MailstoreServer;
 use mailfleet_runtime::config::Listen;
 use mailfleet_runtime::grpc::MAX_MESSAGE_BYTES;
 use mailfleet_runtime::grpc_metrics::GrpcMetricsLayer;
+use mailfleet_runtime::leader::{Leadership, jobs};
 use mailfleet_runtime::{BoxError, CancellationToken, Context};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -81,6 +82,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     let pruning = tokio::spawn(prune_history(
         store.clone(),
         ctx.config.mailstore.history_retention_days,
+        ctx.leadership(jobs::HISTORY_PRUNE).await?,
         shutdown.clone(),
     ));
 
@@ -106,24 +108,41 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
 /// How often old history is deleted.
 const HISTORY_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes history older than `retention_days` (0: never) at start and
-/// then hourly. Every replica does it; a second delete finds nothing.
-async fn prune_history(store: Arc<Store>, retention_days: u32, shutdown: CancellationToken) {
+/// Deletes history older than `retention_days` (0: never) on the replica
+/// elected for the job (every replica when election is off; a second delete
+/// then finds nothing): at once when it becomes leader, so a leader change
+/// never skips a round, then hourly while it stays leader.
+async fn prune_history(
+    store: Arc<Store>,
+    retention_days: u32,
+    mut leadership: Leadership,
+    shutdown: CancellationToken,
+) {
     if retention_days == 0 {
         return;
     }
     let retention_ms = i64::from(retention_days) * 86_400_000;
-    let mut every = tokio::time::interval(HISTORY_PRUNE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
+            _ = leadership.wait_until_leader() => {}
         }
-        let before = store::now_ms().saturating_sub(retention_ms);
-        match store.prune_history(before).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, retention_days, "old message history deleted"),
-            Err(error) => tracing::warn!(%error, "cannot delete old message history"),
+        // The first tick is immediate.
+        let mut every = tokio::time::interval(HISTORY_PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                leader = leadership.changed() => if leader { continue } else { break },
+                _ = every.tick() => {}
+            }
+            let before = store::now_ms().saturating_sub(retention_ms);
+            match store.prune_history(before).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, retention_days, "old message history deleted")
+                }
+                Err(error) => tracing::warn!(%error, "cannot delete old message history"),
+            }
         }
     }
 }

@@ -66,6 +66,7 @@ pub struct Config {
     pub filter: Filter,
     pub mailstore: Mailstore,
     pub access: Access,
+    pub cluster: Cluster,
 }
 
 impl Default for Config {
@@ -85,6 +86,7 @@ impl Default for Config {
             filter: Filter::default(),
             mailstore: Mailstore::default(),
             access: Access::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -458,6 +460,31 @@ impl Default for Access {
     }
 }
 
+/// Cluster-wide coordination: who does the singleton housekeeping jobs
+/// (see `runtime::leader`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `auto` (Kubernetes Leases when `KUBERNETES_SERVICE_HOST` is set,
+    /// else `off`), `kubernetes`, or `off` (every process does the jobs).
+    pub leader_election: String,
+    /// Seconds a Lease lives without renewal; renewed every third of it.
+    pub lease_duration_secs: u64,
+    /// Lease names are `<prefix>-<job>`; two releases in one namespace
+    /// need different prefixes (the chart uses the release's full name).
+    pub lease_name_prefix: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            leader_election: "auto".into(),
+            lease_duration_secs: 15,
+            lease_name_prefix: "mailfleet".into(),
+        }
+    }
+}
+
 /// The server certificate of every TLS listener (see `runtime::tls`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -757,6 +784,18 @@ impl Config {
         }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             problems.push("tls.cert_file and tls.key_file must be set together".into());
+        }
+        if !["auto", "kubernetes", "off"].contains(&self.cluster.leader_election.as_str()) {
+            problems.push(format!(
+                "cluster.leader_election = {:?} must be \"auto\", \"kubernetes\" or \"off\"",
+                self.cluster.leader_election
+            ));
+        }
+        if !(3..=3600).contains(&self.cluster.lease_duration_secs) {
+            problems.push("cluster.lease_duration_secs must be between 3 and 3600".into());
+        }
+        if self.cluster.lease_name_prefix.is_empty() {
+            problems.push("cluster.lease_name_prefix must not be empty".into());
         }
         if self.hostname.is_empty() {
             problems.push("hostname must not be empty".into());

@@ -16,6 +16,7 @@ use crate::backend::{
     ObjectStoreBlobs, Queue, RedisCounters, Result, S3Location, SqliteQueue,
 };
 use crate::dns::DnsError;
+use crate::leader::{self, Leadership, LeaseElection, LeaseSettings, Mode};
 use crate::queue_metrics::{self, QueueMetrics};
 use crate::tls::{TlsError, TlsProvider};
 
@@ -31,6 +32,14 @@ pub struct Context {
     store_blobs: OnceCell<Arc<dyn BlobStore>>,
     tls: OnceCell<Arc<TlsProvider>>,
     dns: Mutex<Option<TokioResolver>>,
+    /// One Leadership per singleton job, and the Lease elections behind them.
+    leaders: tokio::sync::Mutex<Leaders>,
+}
+
+#[derive(Default)]
+struct Leaders {
+    by_job: BTreeMap<&'static str, Leadership>,
+    elections: Vec<LeaseElection>,
 }
 
 impl Context {
@@ -46,6 +55,7 @@ impl Context {
             store_blobs: OnceCell::new(),
             tls: OnceCell::new(),
             dns: Mutex::new(None),
+            leaders: tokio::sync::Mutex::new(Leaders::default()),
         })
     }
 
@@ -61,10 +71,15 @@ impl Context {
                     Arc::new(JetStreamQueue::connect(url).await?)
                 };
                 // Every process that opens the queue (smtp-edge, delivery)
-                // reports it, once: the OnceCell runs this a single time.
+                // registers the gauges, once (the OnceCell runs this a single
+                // time); only the elected one reads the queue to fill them.
+                let leadership = self
+                    .leadership(leader::jobs::QUEUE_METRICS)
+                    .await
+                    .map_err(|e| crate::backend::BackendError::Other(e.to_string()))?;
                 let metrics =
                     QueueMetrics::register(&mut self.metrics.lock().expect("metrics lock"));
-                queue_metrics::spawn_refresh(Arc::downgrade(&queue), metrics);
+                queue_metrics::spawn_refresh(Arc::downgrade(&queue), metrics, leadership);
                 Ok(queue)
             })
             .await
@@ -188,6 +203,74 @@ impl Context {
         let resolver = crate::dns::resolver(&self.config.dns)?;
         *slot = Some(resolver.clone());
         Ok(resolver)
+    }
+}
+
+impl Context {
+    /// Whether this process does the singleton `job` (see [`leader::jobs`]):
+    /// an election on a Kubernetes Lease named `<lease_name_prefix>-<job>`,
+    /// or always leader when `[cluster] leader_election` resolves to off.
+    /// Started once per job; later calls share it.
+    pub async fn leadership(&self, job: &'static str) -> Result<Leadership, leader::LeaderError> {
+        let mut leaders = self.leaders.lock().await;
+        if let Some(leadership) = leaders.by_job.get(job) {
+            return Ok(leadership.clone());
+        }
+        let cluster = &self.config.cluster;
+        let mode = Mode::from_env(&cluster.leader_election).unwrap_or(Mode::Off);
+        let leadership = match mode {
+            Mode::Off => {
+                tracing::info!(job, "leader election off: this process does the job");
+                Leadership::always()
+            }
+            Mode::Kubernetes => match kube::Client::try_default().await {
+                Ok(client) => {
+                    let settings = LeaseSettings {
+                        namespace: client.default_namespace().to_owned(),
+                        name: format!("{}-{job}", cluster.lease_name_prefix),
+                        identity: leader::holder_identity(),
+                        lease_duration: std::time::Duration::from_secs(cluster.lease_duration_secs),
+                    };
+                    tracing::info!(
+                        job,
+                        lease = %settings.name,
+                        namespace = %settings.namespace,
+                        identity = %settings.identity,
+                        "contending for the job's lease"
+                    );
+                    let election = LeaseElection::start(client, settings);
+                    let leadership = election.leadership();
+                    leaders.elections.push(election);
+                    leadership
+                }
+                // Asked for explicitly: a pod that cannot elect fails loudly.
+                Err(error) if cluster.leader_election == "kubernetes" => {
+                    return Err(error.into());
+                }
+                // `auto` on a cluster without a usable service account: doing
+                // an idempotent job on every replica beats not doing it.
+                Err(error) => {
+                    tracing::warn!(job, %error, "no kubernetes client; every replica does the job");
+                    Leadership::always()
+                }
+            },
+        };
+        leaders.by_job.insert(job, leadership.clone());
+        Ok(leadership)
+    }
+
+    /// On shutdown: stops every singleton job of this process and releases
+    /// its Leases, so other replicas take over at once rather than after the
+    /// lease duration. Later `leadership` calls are never leader.
+    pub async fn step_down(&self) {
+        let elections = {
+            let mut leaders = self.leaders.lock().await;
+            for leadership in leaders.by_job.values_mut() {
+                *leadership = Leadership::never();
+            }
+            std::mem::take(&mut leaders.elections)
+        };
+        futures::future::join_all(elections.into_iter().map(LeaseElection::step_down)).await;
     }
 }
 

@@ -1,8 +1,8 @@
 //! What every Mailfleet service shares: the typed [`config`], the
 //! [`Context`] a target runs with (config, metrics, readiness, and the
 //! [`backend`]s opened on first use), [`telemetry`] set-up, the NATS
-//! [`subjects`], the small gRPC helpers in [`grpc`], and the message
-//! [`history`] recorder.
+//! [`subjects`], the small gRPC helpers in [`grpc`], the message
+//! [`history`] recorder, and the [`leader`] election of singleton jobs.
 //!
 //! A service crate exposes `run(ctx, shutdown)`; the `mailfleet` binary
 //! builds one [`Context`] and runs the chosen targets on it, so in target
@@ -17,6 +17,7 @@ pub mod dns;
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod history;
+pub mod leader;
 pub mod queue_metrics;
 pub mod subjects;
 pub mod telemetry;

@@ -1,19 +1,28 @@
 //! The `mailfleet_queue_*` gauges: how deep the queue is and how old its
 //! oldest entry, by status and by destination domain. Refreshed by a task
-//! from [`Queue::stats`] in every process that opened the queue (smtp-edge
-//! and delivery), because reading the queue is async and a prometheus-client
-//! collector is not.
+//! from [`Queue::stats`], because reading the queue is async and a
+//! prometheus-client collector is not.
+//!
+//! Every process that opened the queue (smtp-edge, delivery) registers
+//! them, but only the leader of the `queue-metrics` job reads the queue and
+//! exports them (see [`crate::leader`]): one queue scan per refresh for the
+//! whole cluster, not one per replica. The others export no queue series at
+//! all, so a query over replicas sees the leader's values only; aggregate
+//! with `max()` (or `max without (pod, instance)`), which also bridges the
+//! moment of a leader change when two replicas may report.
 
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
 use crate::backend::{Queue, QueueBucket, QueueStats};
+use crate::leader::Leadership;
 
 /// How often the gauges are refreshed: often enough for an incident
 /// dashboard, rarely enough that listing a large SQLite queue is cheap.
@@ -35,10 +44,37 @@ struct DomainLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// `queue_depth`, a gauge without labels that a replica which is not the
+/// leader does not export at all (a plain gauge would say 0 there).
+#[derive(Clone, Debug, Default)]
+struct Depth(Arc<Mutex<Option<i64>>>);
+
+impl Depth {
+    fn set(&self, depth: Option<i64>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = depth;
+    }
+}
+
+impl Collector for Depth {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(depth) = *self.0.lock().unwrap_or_else(PoisonError::into_inner) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(depth);
+        let metric = encoder.encode_descriptor(
+            "depth",
+            "Queue entries waiting, whatever their status (exported by the elected replica only: aggregate with max())",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 /// Cheap to clone: every gauge is an `Arc` inside.
 #[derive(Clone, Default)]
 pub struct QueueMetrics {
-    depth: Gauge,
+    depth: Depth,
     entries: Family<StatusLabels, Gauge>,
     oldest_age: Family<StatusLabels, FloatGauge>,
     domain_entries: Family<DomainLabels, Gauge>,
@@ -49,11 +85,7 @@ impl QueueMetrics {
     pub fn register(registry: &mut Registry) -> QueueMetrics {
         let metrics = QueueMetrics::default();
         let queue = registry.sub_registry_with_prefix("queue");
-        queue.register(
-            "depth",
-            "Queue entries waiting, whatever their status",
-            metrics.depth.clone(),
-        );
+        queue.register_collector(Box::new(metrics.depth.clone()));
         queue.register(
             "entries",
             "Queue entries by status (due, deferred, leased; JetStream: due, leased_or_deferred)",
@@ -82,7 +114,7 @@ impl QueueMetrics {
     /// Replaces every gauge with `stats`. Families are cleared first so a
     /// domain that left the queue stops being reported.
     pub fn set(&self, stats: &QueueStats, now_ms: i64) {
-        self.depth.set(clamp(stats.depth));
+        self.depth.set(Some(clamp(stats.depth)));
         self.entries.clear();
         self.oldest_age.clear();
         for (status, bucket) in &stats.by_status {
@@ -116,6 +148,16 @@ impl QueueMetrics {
         }
     }
 
+    /// Exports nothing: this replica is not (or no longer) the leader, and
+    /// values it read while it was would go stale.
+    pub fn clear(&self) {
+        self.depth.set(None);
+        self.entries.clear();
+        self.oldest_age.clear();
+        self.domain_entries.clear();
+        self.domain_oldest_age.clear();
+    }
+
     fn set_domain(&self, domain: String, bucket: &QueueBucket, now_ms: i64) {
         let labels = DomainLabels { domain };
         self.domain_entries
@@ -127,16 +169,27 @@ impl QueueMetrics {
     }
 }
 
-/// Refreshes `metrics` from `queue` every [`REFRESH`] until the queue is
-/// dropped (the task holds it weakly, so it never keeps a backend open).
-pub fn spawn_refresh(queue: Weak<dyn Queue>, metrics: QueueMetrics) {
+/// Refreshes `metrics` from `queue` every [`REFRESH`] while `leadership`
+/// says this process is the leader, and exports nothing while it is not,
+/// until the queue is dropped (the task holds it weakly, so it never keeps a
+/// backend open).
+pub fn spawn_refresh(queue: Weak<dyn Queue>, metrics: QueueMetrics, mut leadership: Leadership) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            // A new leader fills the gauges at once, a deposed one empties
+            // them at once, instead of at the next tick.
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = leadership.changed() => {}
+            }
             let Some(queue) = queue.upgrade() else { return };
-            refresh(&*queue, &metrics).await;
+            if leadership.is_leader() {
+                refresh(&*queue, &metrics).await;
+            } else {
+                metrics.clear();
+            }
         }
     });
 }
@@ -268,5 +321,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("other.org"), "{text}");
+        assert!(text.contains("mailfleet_queue_depth 0\n"), "{text}");
+
+        // Not the leader (any more): no queue series at all, not even a 0,
+        // so max() over replicas reads the leader's values.
+        metrics.clear();
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("mailfleet_queue_"), "{text}");
     }
 }
