@@ -146,3 +146,74 @@ def test_kustomize_renders_valid_objects(overlay):
     assert any(d["kind"] == "Deployment" for d in docs)
     for doc in docs:
         validate(doc)
+
+
+def _lease_jobs():
+    """The singleton jobs the server elects, read from runtime::leader::jobs,
+    so a job added there without RBAC for its Lease fails here."""
+    import re
+    text = (ROOT / "services/runtime/src/leader.rs").read_text()
+    block = text[text.index("pub mod jobs {"):]
+    block = block[:block.index("\n}\n")]
+    jobs = re.findall(r'pub const [A-Z_]+: &str = "([a-z-]+)";', block)
+    assert jobs
+    return jobs
+
+
+def _pods(docs):
+    return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["spec"]
+            for d in docs if d["kind"] == "Deployment"}
+
+
+def test_leader_election_rbac_is_the_release_leases_only():
+    docs = render(yaml.safe_load((Path(__file__).parent / "values/minimal.yaml").read_text()))
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    import tomllib
+    cluster = tomllib.loads(cm["data"]["config.toml"])["cluster"]
+    assert cluster["leader_election"] == "kubernetes"
+    prefix = cluster["lease_name_prefix"]
+    assert prefix == "mail-mailfleet"
+
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    verbs = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"], rule
+        for verb in rule["verbs"]:
+            verbs[verb] = rule.get("resourceNames")
+    assert set(verbs) == {"get", "create", "update", "patch"}
+    # Everything but create is limited to this release's Leases, one per job.
+    expected = sorted(f"{prefix}-{job}" for job in _lease_jobs())
+    for verb in ("get", "update", "patch"):
+        assert sorted(verbs[verb]) == expected, verb
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+
+    pods = _pods(docs)
+    [sa] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": "mail"}]
+    # A token only in the targets with a singleton job.
+    tokens = {t for t, pod in pods.items() if pod["automountServiceAccountToken"]}
+    assert tokens == {"smtp-edge", "delivery", "mailstore"}
+    for target, pod in pods.items():
+        assert pod["serviceAccountName"] == sa["metadata"]["name"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, target
+
+
+def test_leader_election_off_mounts_no_token_and_creates_no_role():
+    docs = render(yaml.safe_load((Path(__file__).parent / "values/no-leader-election.yaml").read_text()))
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert not [t for t, pod in _pods(docs).items() if pod["automountServiceAccountToken"]]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert 'leader_election = "off"' in cm["data"]["config.toml"]
+
+
+def test_rbac_create_false_leaves_permissions_to_the_operator():
+    values = yaml.safe_load((Path(__file__).parent / "values/minimal.yaml").read_text())
+    values["rbac"] = {"create": False}
+    docs = render(values)
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    # Still elected: the pods need their token.
+    assert _pods(docs)["mailstore"]["automountServiceAccountToken"] is True

@@ -52,7 +52,8 @@ app.kubernetes.io/component: {{ .target }}
 
 {{/*
 The targets: values key, target name, client ports as
-name:standard:unprivileged, and whether it needs the shared blob volume.
+name:standard:unprivileged, whether it needs the shared blob volume, and
+whether it runs a singleton job elected on a Lease (see leaderElection).
 */}}
 {{- define "mailfleet.targets" -}}
 smtpEdge:
@@ -62,20 +63,24 @@ smtpEdge:
     - {name: submission, port: 587, high: 2587, key: submission}
     - {name: submissions, port: 465, high: 2465, key: submissions}
   blobs: true
+  leases: true
 filter:
   name: filter
   ports:
     - {name: grpc, port: 7401, high: 7401, key: filter_grpc}
   blobs: false
+  leases: false
 delivery:
   name: delivery
   ports: []
   blobs: true
+  leases: true
 mailstore:
   name: mailstore
   ports:
     - {name: grpc, port: 7402, high: 7402, key: mailstore_grpc}
   blobs: true
+  leases: true
 access:
   name: access
   ports:
@@ -84,6 +89,14 @@ access:
     - {name: pop3, port: 110, high: 1110, key: pop3}
     - {name: pop3s, port: 995, high: 1995, key: pop3s}
   blobs: false
+  leases: false
+{{- end -}}
+
+{{/* The Lease of each singleton job: <fullname>-<job> (cluster.lease_name_prefix). */}}
+{{- define "mailfleet.leaseNames" -}}
+{{- $prefix := include "mailfleet.fullname" . -}}
+- {{ $prefix }}-history-prune
+- {{ $prefix }}-queue-metrics
 {{- end -}}
 
 {{/* The port a pod binds for a client port entry. */}}
