@@ -201,9 +201,10 @@ class Dns:
             self.proc = None
 
 
-def submit(node, subject):
+def submit(node, subject, ctx=None):
     """alice -> carol@remote.test over submission, STARTTLS and AUTH."""
-    ctx = ssl.create_default_context(cafile=str(node.data_dir / "tls" / "self-signed.crt"))
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=str(node.data_dir / "tls" / "self-signed.crt"))
     with smtplib.SMTP(node.host, node.ports["submission"], timeout=30) as s:
         s.ehlo("mua.tests")
         s.starttls(context=ctx)
@@ -218,6 +219,59 @@ def submit(node, subject):
 def queue_ids(node, *args):
     out = node.cli("queue", "list", *args).stdout.splitlines()
     return [line.split()[0] for line in out[:-1]]
+
+
+def queue_administration(node, peer, ctx=None):
+    """`mailfleet queue list|show|retry|bounce|delete` on mail the peer
+    defers (the retry interval is an hour: entries wait for the operator).
+    Returns what the peer received: the one message retried by hand."""
+    # 1. Deferred by the peer: visible in the queue, then retried by hand.
+    peer.mode = "defer"
+    submit(node, "first", ctx)
+    wait_until(lambda: queue_ids(node, "--status", "deferred"), timeout=60,
+               what="a deferred entry")
+    [first] = queue_ids(node, "--domain", "remote.test")
+    assert queue_ids(node, "--domain", "other.test") == []
+    show = node.cli("queue", "show", first).stdout
+    assert f"id:        {first}" in show, show
+    assert "carol@remote.test (remote): pending, 1 attempt(s)" in show, show
+    assert "451 4.7.1 come back later" in show and "next retry +" in show, show
+    peer.mode = "accept"
+    assert "1 entry retried now" in node.cli("queue", "retry", "--domain", "remote.test").stdout
+    wait_until(lambda: peer.received, what="the delivery after the retry")
+    wait_until(lambda: queue_ids(node) == [], what="an empty queue")
+    [data] = peer.received
+    assert data.endswith(b"\r\nline\r\n.\r\nlast\r\n"), data
+
+    # 2. Bounced by the operator: the sender gets a DSN.
+    peer.mode = "defer"
+    submit(node, "second", ctx)
+    wait_until(lambda: queue_ids(node, "--status", "deferred"), timeout=60,
+               what="a deferred entry")
+    [second] = queue_ids(node)
+    assert "1 entry bounced" in node.cli("queue", "bounce", second).stdout
+    wait_for_messages(node, ALICE, ALICE_PW, 1)
+    [dsn] = imap_fetch_all(node, ALICE, ALICE_PW)
+    assert dsn.get_content_type() == "multipart/report"
+    report = dsn.as_string()
+    assert "Final-Recipient: rfc822; carol@remote.test" in report
+    assert "delivery cancelled by the postmaster" in report
+    wait_until(lambda: queue_ids(node) == [], what="an empty queue")
+
+    # 3. Deleted by the operator: gone, nobody told.
+    submit(node, "third", ctx)
+    wait_until(lambda: queue_ids(node, "--status", "deferred"), timeout=60,
+               what="a deferred entry")
+    [third] = queue_ids(node)
+    assert "1 entry deleted" in node.cli("queue", "delete", third).stdout
+    assert queue_ids(node) == []
+    # 4. Nothing of it comes back: not the deleted entry, not a second
+    #    copy of the retried or bounced ones.
+    time.sleep(3)
+    assert queue_ids(node) == []
+    assert len(peer.received) == 1
+    assert len(imap_fetch_all(node, ALICE, ALICE_PW)) == 1
+    return peer.received
 
 
 def test_remote_delivery_by_mx_dkim_and_queue_administration(tmp_path):
@@ -258,44 +312,9 @@ def test_remote_delivery_by_mx_dkim_and_queue_administration(tmp_path):
         assert "ok      TXT s1._domainkey.example.test: public key matches" in check.stdout, check.stdout
         assert "MISSING MX example.test" in check.stdout, check.stdout
 
-        # 1. Deferred by the peer: visible in the queue, then retried by hand.
-        submit(node, "first")
-        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
-        [first] = queue_ids(node, "--domain", "remote.test")
-        assert queue_ids(node, "--domain", "other.test") == []
-        show = node.cli("queue", "show", first).stdout
-        assert "carol@remote.test (remote): pending, 1 attempt(s)" in show, show
-        assert "451 4.7.1 come back later" in show and "next retry +" in show, show
-        peer.mode = "accept"
-        assert "1 entry retried now" in node.cli("queue", "retry", "--domain", "remote.test").stdout
-        wait_until(lambda: peer.received, what="the delivery after the retry")
-        wait_until(lambda: queue_ids(node) == [], what="an empty queue")
-        [data] = peer.received
+        [data] = queue_administration(node, peer)
         assert data.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;"), data[:200]
         assert b" d=example.test;" in data and b" s=s1;" in data
-        assert data.endswith(b"\r\nline\r\n.\r\nlast\r\n"), data
-
-        # 2. Bounced by the operator: the sender gets a DSN.
-        peer.mode = "defer"
-        submit(node, "second")
-        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
-        [second] = queue_ids(node)
-        assert "1 entry bounced" in node.cli("queue", "bounce", second).stdout
-        wait_for_messages(node, ALICE, ALICE_PW, 1)
-        [dsn] = imap_fetch_all(node, ALICE, ALICE_PW)
-        assert dsn.get_content_type() == "multipart/report"
-        report = dsn.as_string()
-        assert "Final-Recipient: rfc822; carol@remote.test" in report
-        assert "delivery cancelled by the postmaster" in report
-        wait_until(lambda: queue_ids(node) == [], what="an empty queue")
-
-        # 3. Deleted by the operator: gone, nobody told.
-        submit(node, "third")
-        wait_until(lambda: queue_ids(node, "--status", "deferred"), what="a deferred entry")
-        [third] = queue_ids(node)
-        assert "1 entry deleted" in node.cli("queue", "delete", third).stdout
-        assert queue_ids(node) == []
-        assert len(peer.received) == 1
     finally:
         node.stop()
         dns.stop()
@@ -347,6 +366,45 @@ def test_cluster_delivers_remote_mail_over_jetstream_and_redis(tmp_path, monkeyp
         assert data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;"), data[:120]
         assert b" s=c1;" in data
         assert data.endswith(b"Subject: cluster\r\n\r\nhi\r\n"), data[-80:]
+    finally:
+        cluster.stop()
+        cluster.purge()
+        dns.stop()
+        peer.shutdown()
+
+
+def test_cluster_queue_administration_over_jetstream(tmp_path, monkeypatch):
+    """`mailfleet queue list|show|retry|bounce|delete` against the local
+    cluster: the queue is a JetStream work-queue stream read by sequence
+    (the admin API runs in the mailstore process, the workers in the
+    delivery process), a deferral is a new message with a not-before time,
+    and a retry, bounce or delete by the operator replaces or removes it."""
+    from conftest import LocalCluster
+
+    port = free_port()
+    peer = Peer(port)
+    threading.Thread(target=peer.serve_forever, daemon=True).start()
+    dns = Dns(tmp_path)
+    dns.start({"remote.test": f"@ IN MX 10 mx.remote.test.\nmx IN A {REMOTE_PEER_IP}\n"})
+    for key, value in {
+        "MAILFLEET__HOSTNAME": "mx.example.test",
+        "MAILFLEET__DNS__SERVERS": f'["127.0.0.1:{dns.port}"]',
+        "MAILFLEET__DELIVERY__REMOTE_SMTP_PORT": str(port),
+        # Deferred entries wait for the operator in this test.
+        "MAILFLEET__DELIVERY__RETRY_INTERVALS": '["1h"]',
+    }.items():
+        monkeypatch.setenv(key, value)
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.data_dir.mkdir(parents=True)
+    cluster.start()
+    try:
+        cluster.add_user(ALICE, ALICE_PW)
+        # The cluster's certificate is not what this test is about.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        assert queue_ids(cluster) == []
+        queue_administration(cluster, peer, ctx)
     finally:
         cluster.stop()
         cluster.purge()
