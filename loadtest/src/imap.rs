@@ -200,7 +200,15 @@ impl Client {
 
     /// Waits up to `wait` for an untagged response during IDLE.
     pub async fn idle_wait(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, ClientError> {
-        match tokio::time::timeout(wait, self.read_response()).await {
+        // In IDLE the server rightly says nothing for as long as nothing
+        // happens: the per-reply timeout must not end a quiet session
+        // before `wait` does (10,000 sessions take minutes to set up, and
+        // the first ones idle all that time).
+        let per_reply = self.timeout;
+        self.timeout = per_reply.max(wait + Duration::from_secs(1));
+        let r = tokio::time::timeout(wait, self.read_response()).await;
+        self.timeout = per_reply;
+        match r {
             Ok(r) => r.map(Some),
             Err(_) => Ok(None),
         }
@@ -336,6 +344,30 @@ impl Mix {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A quiet IDLE outlasting the per-reply timeout is not an error; a
+    /// line pushed later is still read.
+    #[tokio::test]
+    async fn idle_wait_outlasts_the_per_reply_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"* OK ready\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            s.write_all(b"* 3 EXISTS\r\n").await.unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let mut c = Client::connect(addr, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(c.idle_wait(Duration::from_millis(250)).await.unwrap(), None);
+        let line = c.idle_wait(Duration::from_secs(5)).await.unwrap().unwrap();
+        assert_eq!(line, b"* 3 EXISTS\r\n");
+        drop(c);
+        server.await.unwrap();
+    }
 
     #[test]
     fn literals() {
