@@ -414,6 +414,49 @@ async fn jetstream_publishes_traceparent_and_not_before_headers() {
     delete_stream(&options.stream).await;
 }
 
+/// A retry publishes the new state before it acks the old one; a worker
+/// that dies in between leaves two copies of one entry. Administration
+/// sees one entry (the newer state) and an operator's change removes both.
+#[tokio::test]
+async fn jetstream_admin_sees_one_entry_when_a_retry_left_two_copies() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    let first = entry("twice");
+    queue.enqueue(&first).await.unwrap();
+    let held = take(&queue, Duration::from_secs(2)).await.unwrap();
+    // The new state is stored, the old one never acked (the worker died).
+    let mut newer = first.clone();
+    newer.attempts = 3;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish(
+        options.subject.clone(),
+        prost::Message::encode_to_vec(&newer).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    drop(held);
+    assert_eq!(queue.depth().await.unwrap(), 2);
+
+    let listed = queue.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "one entry, not one per copy");
+    assert_eq!(listed[0].entry, newer);
+    assert!(!listed[0].leased, "the newer copy was never handed out");
+
+    let mut retried = newer.clone();
+    retried.attempts = 4;
+    assert!(queue.update(&retried, now_ms()).await.unwrap());
+    assert_eq!(queue.depth().await.unwrap(), 1, "both old copies deleted");
+    assert_eq!(queue.get(&first.id).await.unwrap().unwrap().entry, retried);
+    assert!(queue.remove(&first.id).await.unwrap());
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    delete_stream(&options.stream).await;
+}
+
 /// Above `stats_list_limit` entries, JetStream gives totals only (see
 /// `JetStreamQueue::stats`).
 #[tokio::test]
@@ -577,7 +620,10 @@ async fn counters_contract(counters: Arc<dyn Counters>) {
     assert!(counters.first_seen(&other, ttl).await.unwrap() >= first + 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = counters.first_seen(&key, ttl).await.unwrap();
-    assert!(again >= first + 600, "forgotten after the ttl: {first} {again}");
+    assert!(
+        again >= first + 600,
+        "forgotten after the ttl: {first} {again}"
+    );
     assert!(counters.first_seen(&key, Duration::ZERO).await.is_err());
 }
 

@@ -314,15 +314,16 @@ impl JetStreamQueue {
     async fn delete(&self, sequence: u64) -> Result<bool> {
         match self.stream.delete_message(sequence).await {
             Ok(deleted) => Ok(deleted),
-            Err(err) => match err.kind() {
-                DeleteMessageErrorKind::JetStream(e)
-                    if e.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
-                        || e.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
-                {
-                    Ok(false)
+            // Servers word "already gone" differently (sequence not found,
+            // or a failed delete saying no message found): ask whether it
+            // is there rather than trust one error code.
+            Err(err) if matches!(err.kind(), DeleteMessageErrorKind::JetStream(_)) => {
+                match self.stream.get_raw_message(sequence).await {
+                    Err(get) if get.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+                    _ => Err(nats(err)),
                 }
-                _ => Err(nats(err)),
-            },
+            }
+            Err(err) => Err(nats(err)),
         }
     }
 
