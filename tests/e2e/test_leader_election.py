@@ -152,6 +152,13 @@ def queue_series(node):
     return [line for line in text.splitlines() if line.startswith("mailfleet_queue_")]
 
 
+def leader_gauge(node, job):
+    with urllib.request.urlopen(node.admin_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r'^mailfleet_leader\{job="%s"\} (\d+)$' % re.escape(job), text, re.M)
+    return int(m.group(1)) if m else None
+
+
 def exports_depth(node):
     return any(line.startswith("mailfleet_queue_depth ") for line in queue_series(node))
 
@@ -184,6 +191,12 @@ def test_one_replica_does_the_housekeeping_and_hands_it_over(tmp_path):
         follower = next(n for n in nodes.values() if n is not leader)
         wait_until(lambda: exports_depth(leader), timeout=15, what="the leader exports the queue gauges")
         assert queue_series(follower) == [], "a follower exports queue gauges"
+        # mailfleet_leader{job} says who does what.
+        assert leader_gauge(leader, "queue-metrics") == 1
+        assert leader_gauge(follower, "queue-metrics") == 0
+        prune_leader = nodes[api.holder(PRUNE_LEASE)]
+        assert leader_gauge(prune_leader, "history-prune") == 1
+        assert sum(leader_gauge(n, "history-prune") for n in nodes.values()) == 1
 
         # kill -9: no release; the follower waits for the lease to run out.
         leader_name = api.holder(QUEUE_LEASE)

@@ -40,6 +40,7 @@ pub struct Context {
 struct Leaders {
     by_job: BTreeMap<&'static str, Leadership>,
     elections: Vec<LeaseElection>,
+    metrics: Option<leader::LeaderMetrics>,
 }
 
 impl Context {
@@ -255,6 +256,10 @@ impl Context {
                 }
             },
         };
+        let metrics = leaders.metrics.get_or_insert_with(|| {
+            leader::LeaderMetrics::register(&mut self.metrics.lock().expect("metrics lock"))
+        });
+        metrics.follow(job, leadership.clone());
         leaders.by_job.insert(job, leadership.clone());
         Ok(leadership)
     }

@@ -32,6 +32,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -86,6 +90,42 @@ impl Leadership {
             std::future::pending::<()>().await;
         }
         self.is_leader()
+    }
+}
+
+/// `mailfleet_leader{job}`: 1 where this process does the job, 0 where it
+/// does not, so an SRE finds the replica doing the housekeeping.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderMetrics {
+    leader: Family<JobLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: &'static str,
+}
+
+impl LeaderMetrics {
+    pub fn register(registry: &mut Registry) -> LeaderMetrics {
+        let metrics = LeaderMetrics::default();
+        registry.register(
+            "leader",
+            "1 if this process does the singleton job (history pruning, queue gauges), else 0",
+            metrics.leader.clone(),
+        );
+        metrics
+    }
+
+    /// Keeps the job's gauge equal to `leadership` for as long as it runs.
+    pub fn follow(&self, job: &'static str, mut leadership: Leadership) {
+        let gauge = self.leader.get_or_create(&JobLabels { job }).clone();
+        gauge.set(i64::from(leadership.is_leader()));
+        tokio::spawn(async move {
+            loop {
+                let leader = leadership.changed().await;
+                gauge.set(i64::from(leader));
+            }
+        });
     }
 }
 
