@@ -217,3 +217,18 @@ def test_rbac_create_false_leaves_permissions_to_the_operator():
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
     # Still elected: the pods need their token.
     assert _pods(docs)["mailstore"]["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/small", "overlays/production"])
+def test_kustomize_binds_the_lease_role_in_the_overlay_namespace(overlay):
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s" / overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    [sa] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    namespaces = {d["metadata"]["namespace"] for d in docs}
+    assert len(namespaces) == 1, namespaces
+    # A subject in another namespace would leave the pods without the Role.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
