@@ -17,6 +17,7 @@ use mailfleet_proto::mailstore::{
     MessageRequest, QuotaReply, RenameMailboxRequest, SetQuotaRequest, StoreFlagsRequest,
     SubscribeRequest, UserList, UserRequest, lookup_reply, store_flags_request,
 };
+use mailfleet_proto::mailstore::Structure;
 use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
 use mailfleet_runtime::backend::Events;
 use tonic::{Request, Response, Status};
@@ -338,6 +339,23 @@ impl Mailstore for MailstoreService {
         let r = request.into_inner();
         let messages = self.store.list_messages(&r.account, &r.mailbox).await?;
         Ok(Response::new(MessageList { messages }))
+    }
+
+    async fn fetch_structure(
+        &self,
+        request: Request<MessageRequest>,
+    ) -> Result<Response<Structure>, Status> {
+        let r = request.into_inner();
+        let stored = self
+            .store
+            .fetch_structure(&r.account, &r.mailbox, r.uid)
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(Structure {
+            envelope: stored.envelope,
+            body_structure: stored.body_structure,
+            body: stored.body,
+        }))
     }
 
     async fn fetch_body(&self, request: Request<MessageRequest>) -> Result<Response<Body>, Status> {

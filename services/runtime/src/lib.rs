@@ -17,6 +17,7 @@ pub mod dns;
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod history;
+pub mod imap_mime;
 pub mod leader;
 pub mod queue_metrics;
 pub mod subjects;

@@ -195,8 +195,8 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
-            "SELECT uid, blob, size, internal_date_ms, flags, search_header FROM messages \
-             WHERE mailbox_id = $1 ORDER BY uid",
+            "SELECT uid, blob, size, internal_date_ms, flags, search_header, envelope, \
+             body_structure, body_simple FROM messages WHERE mailbox_id = $1 ORDER BY uid",
         )
         .bind(source.id)
         .fetch_all(&mut *tx)
@@ -237,7 +237,8 @@ impl Store {
             let blob: String = row.try_get(1)?;
             sqlx::query(
                 "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq, \
-                 search_header) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 search_header, envelope, body_structure, body_simple) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(target.id)
             .bind(new_uid)
@@ -247,6 +248,9 @@ impl Store {
             .bind(row.try_get::<String, _>(4)?)
             .bind(modseq)
             .bind(row.try_get::<String, _>(5)?)
+            .bind(row.try_get::<String, _>(6)?)
+            .bind(row.try_get::<String, _>(7)?)
+            .bind(row.try_get::<String, _>(8)?)
             .execute(&mut *tx)
             .await?;
             if !move_messages {

@@ -8,6 +8,7 @@
 //! become visible in ascending order (RFC 3501 §2.3.1.1).
 
 use mailfleet_proto::mailstore::{MailboxInfo, MailboxStatus, MessageInfo};
+use mailfleet_runtime::imap_mime::Rendered;
 use sqlx::any::{Any, AnyRow};
 use sqlx::{Row, Transaction};
 
@@ -73,6 +74,8 @@ impl Store {
         let blob = self.blobs.put(new.message).await?;
         let size = i64::try_from(new.message.len()).unwrap_or(i64::MAX);
         let search_header = super::metadata::search_header(new.message);
+        // Rendered now, once, for every later FETCH ENVELOPE/BODYSTRUCTURE.
+        let structure = Rendered::of(new.message).unwrap_or_default();
         let now = now_ms();
         let internal_date = if new.internal_date_ms > 0 {
             new.internal_date_ms
@@ -122,7 +125,8 @@ impl Store {
         let modseq: i64 = row.try_get(1)?;
         sqlx::query(
             "INSERT INTO messages (mailbox_id, uid, blob, size, internal_date_ms, flags, modseq, \
-             search_header) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             search_header, envelope, body_structure, body_simple) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(mailbox.id)
         .bind(uid)
@@ -132,6 +136,9 @@ impl Store {
         .bind(&flags)
         .bind(modseq)
         .bind(&search_header)
+        .bind(&structure.envelope)
+        .bind(&structure.body_structure)
+        .bind(&structure.body)
         .execute(&mut *tx)
         .await?;
         sqlx::query(

@@ -12,6 +12,7 @@ mod directory;
 mod dkim;
 mod folders;
 mod history;
+mod imap_structure;
 mod mailbox;
 pub mod metadata;
 pub mod names;
@@ -99,6 +100,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         sqlite: include_str!("../../migrations/sqlite/0005_message_history.sql"),
         postgres: include_str!("../../migrations/postgres/0005_message_history.sql"),
+    },
+    Migration {
+        version: 6,
+        sqlite: include_str!("../../migrations/sqlite/0006_imap_structure.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_imap_structure.sql"),
     },
 ];
 
