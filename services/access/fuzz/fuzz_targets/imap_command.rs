@@ -16,6 +16,9 @@ extern crate self as mailfleet_runtime;
 #[allow(dead_code)]
 #[path = "../../../runtime/src/dates.rs"]
 mod dates;
+#[allow(dead_code)]
+#[path = "../../../runtime/src/imap_mime.rs"]
+mod imap_mime;
 
 #[allow(dead_code)]
 #[path = "../../src/base64.rs"]
