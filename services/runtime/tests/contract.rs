@@ -457,6 +457,44 @@ async fn jetstream_admin_sees_one_entry_when_a_retry_left_two_copies() {
     delete_stream(&options.stream).await;
 }
 
+/// One old deferred entry keeps the stream's first sequence while every
+/// later one is acked: the listing reads around the holes and still finds
+/// exactly the live entries.
+#[tokio::test]
+async fn jetstream_admin_lists_a_stream_that_is_mostly_holes() {
+    let options = test_stream();
+    let queue = JetStreamQueue::connect_with(&nats_url(), options.clone())
+        .await
+        .unwrap();
+    let old = entry("old");
+    queue.enqueue(&old).await.unwrap();
+    let leased = take(&queue, Duration::from_secs(2)).await.unwrap();
+    queue
+        .retry(leased, &old, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    // 60 entries through the queue after it (its copy is handed back).
+    for _ in 0..60 {
+        queue.enqueue(&entry("passing")).await.unwrap();
+    }
+    for _ in 0..60 {
+        let leased = take(&queue, Duration::from_secs(2)).await.unwrap();
+        assert_ne!(leased.entry.id, old.id);
+        queue.ack(leased).await.unwrap();
+    }
+    let last = entry("last");
+    queue.enqueue(&last).await.unwrap();
+    let ids: Vec<String> = queue
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.entry.id)
+        .collect();
+    assert_eq!(ids, [old.id.clone(), last.id.clone()]);
+    delete_stream(&options.stream).await;
+}
+
 /// Above `stats_list_limit` entries, JetStream gives totals only (see
 /// `JetStreamQueue::stats`).
 #[tokio::test]
