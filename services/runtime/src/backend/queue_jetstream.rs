@@ -28,10 +28,10 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{
     self, DeleteMessageErrorKind, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
-use async_nats::jetstream::message::StreamMessage;
 use futures::{StreamExt as _, TryStreamExt as _};
 use prost::Message as _;
 use tokio::sync::OnceCell;
