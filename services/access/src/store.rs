@@ -10,6 +10,7 @@ use mailfleet_proto::mailstore::{
     AccountRequest, AuthRequest, CopyRequest, DeliverRequest, ExpungeRequest, MailboxRequest,
     MessageRequest, RenameMailboxRequest, StoreFlagsRequest, SubscribeRequest,
 };
+use mailfleet_runtime::imap_mime::Rendered;
 use mailfleet_runtime::trace;
 use tonic::transport::Channel;
 
@@ -92,6 +93,17 @@ pub trait MailAccess: Send + Sync + 'static {
         mailbox: &str,
         uid: u32,
     ) -> Result<Vec<u8>, AccessError>;
+    /// ENVELOPE, BODYSTRUCTURE and BODY as the mailstore rendered them at
+    /// delivery; `None` for a message stored before it did (or a backend
+    /// that keeps none): the caller renders them from [`Self::fetch_body`].
+    async fn fetch_structure(
+        &self,
+        _account: &str,
+        _mailbox: &str,
+        _uid: u32,
+    ) -> Result<Option<Rendered>, AccessError> {
+        Ok(None)
+    }
     /// Changes the flags of one message and returns its new state.
     async fn store_flags(
         &self,
@@ -246,6 +258,33 @@ impl MailAccess for GrpcMailAccess {
             }))
             .await?;
         Ok(reply.into_inner().message)
+    }
+
+    async fn fetch_structure(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Option<Rendered>, AccessError> {
+        let reply = self
+            .mailstore
+            .clone()
+            .fetch_structure(trace::request(MessageRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                uid,
+            }))
+            .await?
+            .into_inner();
+        // Empty strings: stored before the mailstore rendered them.
+        let stored = !reply.envelope.is_empty()
+            && !reply.body_structure.is_empty()
+            && !reply.body.is_empty();
+        Ok(stored.then(|| Rendered {
+            envelope: reply.envelope,
+            body_structure: reply.body_structure,
+            body: reply.body,
+        }))
     }
 
     async fn store_flags(

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use mailfleet_proto::queue::MailboxEvent;
 use mailfleet_runtime::CancellationToken;
+use mailfleet_runtime::imap_mime::Rendered;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf,
 };
@@ -1310,6 +1311,16 @@ impl Session {
         };
         let sets_seen = !mailbox.read_only && items.iter().any(FetchItem::sets_seen);
         let needs_body = items.iter().any(FetchItem::needs_body);
+        // ENVELOPE, BODYSTRUCTURE and BODY alone are answered from what the
+        // mailstore rendered at delivery, without reading the message.
+        let structure_only = needs_body
+            && items.iter().all(|i| {
+                !i.needs_body()
+                    || matches!(
+                        i,
+                        FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::BodySimple
+                    )
+            });
         let mut lines = Vec::new();
         for (seq, message_uid) in targets {
             // Expunged by another session since our last sync: RFC 9051
@@ -1321,7 +1332,22 @@ impl Session {
                 continue;
             }
             let mut info = info.clone();
-            let body = if needs_body {
+            let stored = if structure_only {
+                match self
+                    .shared
+                    .store
+                    .fetch_structure(account, &mailbox.name, message_uid)
+                    .await
+                {
+                    Ok(stored) => stored,
+                    Err(AccessError::NotFound(_)) => continue,
+                    Err(error) => return store_failure(error),
+                }
+            } else {
+                None
+            };
+            // Older messages have no stored rendering: read and parse them.
+            let body = if needs_body && stored.is_none() {
                 match self
                     .shared
                     .store
@@ -1364,6 +1390,7 @@ impl Session {
                 items,
                 &info,
                 body.as_deref(),
+                stored.as_ref(),
                 flags_changed,
                 condstore,
             ));
@@ -1846,6 +1873,7 @@ fn fetch_line(
     items: &[FetchItem],
     info: &MessageInfo,
     body: Option<&[u8]>,
+    stored: Option<&Rendered>,
     flags_changed: bool,
     condstore: bool,
 ) -> Vec<u8> {
@@ -1861,7 +1889,7 @@ fn fetch_line(
                 | FetchItem::BinarySize { .. }
         )
     });
-    let structure = needs_structure.then(|| mime::parse(whole));
+    let structure = (needs_structure && stored.is_none()).then(|| mime::parse(whole));
     let mut parts: Vec<Vec<u8>> = Vec::new();
     if uid_command && !items.contains(&FetchItem::Uid) {
         parts.push(format!("UID {}", info.uid).into_bytes());
@@ -1877,7 +1905,10 @@ fn fetch_line(
                 .extend(format!("INTERNALDATE {}", internal_date(info.internal_date_ms)).bytes()),
             FetchItem::Envelope => {
                 part.extend_from_slice(b"ENVELOPE ");
-                part.extend_from_slice(&mime::envelope(split_header(whole).0));
+                match stored {
+                    Some(stored) => part.extend_from_slice(stored.envelope.as_bytes()),
+                    None => part.extend_from_slice(&mime::envelope(split_header(whole).0)),
+                }
             }
             FetchItem::BodyStructure | FetchItem::BodySimple => {
                 let extended = *item == FetchItem::BodyStructure;
@@ -1886,7 +1917,13 @@ fn fetch_line(
                 } else {
                     b"BODY "
                 });
-                if let Some(structure) = &structure {
+                if let Some(stored) = stored {
+                    part.extend_from_slice(if extended {
+                        stored.body_structure.as_bytes()
+                    } else {
+                        stored.body.as_bytes()
+                    });
+                } else if let Some(structure) = &structure {
                     part.extend_from_slice(&mime::body_structure(whole, structure, extended));
                 }
             }
