@@ -221,9 +221,10 @@ def queue_ids(node, *args):
     return [line.split()[0] for line in out[:-1]]
 
 
-def queue_administration(node, peer, ctx=None):
+def queue_administration(node, peer, ctx=None, on_deferred=None):
     """`mailfleet queue list|show|retry|bounce|delete` on mail the peer
     defers (the retry interval is an hour: entries wait for the operator).
+    `on_deferred` runs while the first message waits for its retry.
     Returns what the peer received: the one message retried by hand."""
     # 1. Deferred by the peer: visible in the queue, then retried by hand.
     peer.mode = "defer"
@@ -236,6 +237,8 @@ def queue_administration(node, peer, ctx=None):
     assert f"id:        {first}" in show, show
     assert "carol@remote.test (remote): pending, 1 attempt(s)" in show, show
     assert "451 4.7.1 come back later" in show and "next retry +" in show, show
+    if on_deferred:
+        on_deferred()
     peer.mode = "accept"
     assert "1 entry retried now" in node.cli("queue", "retry", "--domain", "remote.test").stdout
     wait_until(lambda: peer.received, what="the delivery after the retry")
@@ -404,7 +407,24 @@ def test_cluster_queue_administration_over_jetstream(tmp_path, monkeypatch):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         assert queue_ids(cluster) == []
-        queue_administration(cluster, peer, ctx)
+
+        def gauges_name_the_domain():
+            # The admin API's process opened the queue for `queue list`:
+            # its gauges read the stream entry by entry, like SQLite's.
+            from test_metrics import Metrics
+
+            def deferred():
+                m = Metrics(cluster)
+                return (m.get("mailfleet_queue_entries", status="deferred") == 1
+                        and m.get("mailfleet_queue_domain_entries", domain="remote.test") == 1)
+            wait_until(deferred, timeout=30, interval=0.5, what="the deferred entry in the gauges")
+            m = Metrics(cluster)
+            assert m.get("mailfleet_queue_depth") == 1
+            assert m.get("mailfleet_queue_entries", status="leased") == 0
+            age = m.get("mailfleet_queue_oldest_entry_age_seconds", status="deferred")
+            assert 0 <= age < 120, age
+
+        queue_administration(cluster, peer, ctx, on_deferred=gauges_name_the_domain)
     finally:
         cluster.stop()
         cluster.purge()
