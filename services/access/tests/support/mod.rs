@@ -124,6 +124,16 @@ impl MemoryStore {
             .sum()
     }
 
+    /// Adds an empty mailbox with a special-use `attribute` (RFC 6154).
+    pub fn add_mailbox(&self, name: &str, attribute: &str) {
+        let mut boxes = self.mailboxes.lock().unwrap();
+        let validity = UID_VALIDITY + boxes.len() as u32;
+        boxes.insert(
+            name.to_owned(),
+            Mailbox::new(vec![attribute.to_owned()], validity),
+        );
+    }
+
     /// Adds a message and publishes the change event, like mailstore.
     pub fn deliver(&self, mailbox: &str, body: &[u8]) -> u32 {
         let uid = {
