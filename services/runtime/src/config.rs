@@ -466,7 +466,8 @@ impl Default for Access {
 #[serde(default, deny_unknown_fields)]
 pub struct Cluster {
     /// `auto` (Kubernetes Leases when `KUBERNETES_SERVICE_HOST` is set,
-    /// else `off`), `kubernetes`, or `off` (every process does the jobs).
+    /// else `off`), `kubernetes`, `nats` (a JetStream KV bucket on
+    /// `backends.queue_url`), or `off` (every process does the jobs).
     pub leader_election: String,
     /// Seconds a Lease lives without renewal; renewed every third of it.
     pub lease_duration_secs: u64,
@@ -785,11 +786,17 @@ impl Config {
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             problems.push("tls.cert_file and tls.key_file must be set together".into());
         }
-        if !["auto", "kubernetes", "off"].contains(&self.cluster.leader_election.as_str()) {
+        if !["auto", "kubernetes", "nats", "off"].contains(&self.cluster.leader_election.as_str()) {
             problems.push(format!(
-                "cluster.leader_election = {:?} must be \"auto\", \"kubernetes\" or \"off\"",
+                "cluster.leader_election = {:?} must be \"auto\", \"kubernetes\", \"nats\" or \"off\"",
                 self.cluster.leader_election
             ));
+        }
+        if self.cluster.leader_election == "nats" && !self.backends.queue_url.starts_with("nats://")
+        {
+            problems.push(
+                "cluster.leader_election = \"nats\" needs backends.queue_url (JetStream)".into(),
+            );
         }
         if !(3..=3600).contains(&self.cluster.lease_duration_secs) {
             problems.push("cluster.lease_duration_secs must be between 3 and 3600".into());

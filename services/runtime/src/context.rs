@@ -41,6 +41,7 @@ struct Leaders {
     by_job: BTreeMap<&'static str, Leadership>,
     elections: Vec<LeaseElection>,
     metrics: Option<leader::LeaderMetrics>,
+    nats: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl Context {
@@ -219,6 +220,7 @@ impl Context {
         }
         let cluster = &self.config.cluster;
         let mode = Mode::from_env(&cluster.leader_election).unwrap_or(Mode::Off);
+        let lease_duration = std::time::Duration::from_secs(cluster.lease_duration_secs);
         let leadership = match mode {
             Mode::Off => {
                 tracing::info!(job, "leader election off: this process does the job");
@@ -230,7 +232,7 @@ impl Context {
                         namespace: client.default_namespace().to_owned(),
                         name: format!("{}-{job}", cluster.lease_name_prefix),
                         identity: leader::holder_identity(),
-                        lease_duration: std::time::Duration::from_secs(cluster.lease_duration_secs),
+                        lease_duration,
                     };
                     tracing::info!(
                         job,
@@ -255,6 +257,41 @@ impl Context {
                     Leadership::always()
                 }
             },
+            Mode::Nats => {
+                let bucket = match &leaders.nats {
+                    Some(bucket) => bucket.clone(),
+                    None => {
+                        let client = async_nats::connect(&self.config.backends.queue_url)
+                            .await
+                            .map_err(|e| leader::LeaderError::Nats(e.to_string()))?;
+                        // Bucket names allow [A-Za-z0-9_-] only.
+                        let name: String = format!("{}-leases", cluster.lease_name_prefix)
+                            .chars()
+                            .map(|c| {
+                                if c.is_ascii_alphanumeric() || c == '-' {
+                                    c
+                                } else {
+                                    '_'
+                                }
+                            })
+                            .collect();
+                        let bucket = leader::nats_bucket(client, &name, lease_duration).await?;
+                        leaders.nats = Some(bucket.clone());
+                        bucket
+                    }
+                };
+                let settings = LeaseSettings {
+                    namespace: String::new(),
+                    name: format!("{}-{job}", cluster.lease_name_prefix),
+                    identity: leader::holder_identity(),
+                    lease_duration,
+                };
+                tracing::info!(job, lease = %settings.name, identity = %settings.identity, "contending for the job's lease on nats");
+                let election = LeaseElection::start_nats(bucket, settings);
+                let leadership = election.leadership();
+                leaders.elections.push(election);
+                leadership
+            }
         };
         let metrics = leaders.metrics.get_or_insert_with(|| {
             leader::LeaderMetrics::register(&mut self.metrics.lock().expect("metrics lock"))

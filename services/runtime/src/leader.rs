@@ -12,10 +12,14 @@
 //!   the lease duration, optimistic concurrency through `resourceVersion`
 //!   (a `409 Conflict` means another contender wrote first and won), give
 //!   the lease up on shutdown so a successor takes over at once.
+//! - `nats`: outside Kubernetes, a key per job in a JetStream KV bucket on
+//!   `backends.queue_url` whose `max_age` is the lease duration: `create`
+//!   when the key is absent, `update` by revision to renew (a wrong revision
+//!   means another process won), delete by revision to release. Expiry is
+//!   the NATS server's, one clock for everyone.
 //! - `off`: every process is leader ([`Leadership::always`]). That is right
 //!   for a single node and for a local cluster of a few processes, where the
-//!   jobs are idempotent and cheap enough to run more than once; there is no
-//!   election outside Kubernetes.
+//!   jobs are idempotent and cheap enough to run more than once.
 //! - `auto` (default): `kubernetes` when `KUBERNETES_SERVICE_HOST` is set
 //!   (every pod has it), else `off`.
 //!
@@ -27,6 +31,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -136,6 +141,8 @@ pub enum Mode {
     Off,
     /// A Kubernetes Lease per job.
     Kubernetes,
+    /// A key per job in a JetStream KV bucket (clusters outside Kubernetes).
+    Nats,
 }
 
 impl Mode {
@@ -146,6 +153,7 @@ impl Mode {
         match configured {
             "off" => Some(Mode::Off),
             "kubernetes" => Some(Mode::Kubernetes),
+            "nats" => Some(Mode::Nats),
             "auto" if on_kubernetes => Some(Mode::Kubernetes),
             "auto" => Some(Mode::Off),
             _ => None,
@@ -213,6 +221,8 @@ impl LeaseSettings {
 pub enum LeaderError {
     #[error("kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    #[error("nats: {0}")]
+    Nats(String),
     #[error("lease request timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -227,15 +237,38 @@ pub struct LeaseElection {
 }
 
 impl LeaseElection {
-    /// Starts contending for `settings.name` with `client`.
+    /// Starts contending for the Kubernetes Lease `settings.name` with `client`.
     pub fn start(client: kube::Client, settings: LeaseSettings) -> LeaseElection {
+        let store = KubeLease {
+            api: Api::namespaced(client, &settings.namespace),
+            settings: settings.clone(),
+            observed: None,
+        };
+        LeaseElection::spawn(store, &settings)
+    }
+
+    /// Starts contending for key `settings.name` of a JetStream KV bucket
+    /// opened with [`nats_bucket`] (`settings.namespace` is unused).
+    pub fn start_nats(bucket: kv::Store, settings: LeaseSettings) -> LeaseElection {
+        let store = NatsLease {
+            bucket,
+            key: settings.name.clone(),
+            identity: settings.identity.clone(),
+            revision: None,
+        };
+        LeaseElection::spawn(store, &settings)
+    }
+
+    fn spawn(store: impl LeaseStore, settings: &LeaseSettings) -> LeaseElection {
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let elector = Elector {
-            api: Api::namespaced(client, &settings.namespace),
-            settings,
+            store,
+            name: settings.name.clone(),
+            identity: settings.identity.clone(),
+            retry: settings.retry_period(),
+            renew_deadline: settings.renew_deadline(),
             tx,
-            observed: None,
             last_renewed: None,
         };
         let task = tokio::spawn(elector.run(stop.clone()));
@@ -269,27 +302,32 @@ impl Drop for LeaseElection {
     }
 }
 
-/// The lease as last seen, and when (on this process's clock).
-struct Observed {
-    resource_version: Option<String>,
-    at: Instant,
+/// Where a lease lives: one round of acquire-or-renew, and the release.
+trait LeaseStore: Send + 'static {
+    /// `Ok(true)` when this process holds the lease afterwards.
+    fn try_acquire_or_renew(&mut self) -> impl Future<Output = Result<bool, LeaderError>> + Send;
+    /// Gives the lease up if this process still holds it.
+    fn release(&mut self) -> impl Future<Output = Result<(), LeaderError>> + Send;
 }
 
-struct Elector {
-    api: Api<Lease>,
-    settings: LeaseSettings,
+/// The election loop, the same whichever store holds the lease.
+struct Elector<S> {
+    store: S,
+    name: String,
+    identity: String,
+    retry: Duration,
+    renew_deadline: Duration,
     tx: watch::Sender<bool>,
-    observed: Option<Observed>,
     /// When the request of the last successful acquire or renew was sent.
     last_renewed: Option<Instant>,
 }
 
-impl Elector {
+impl<S: LeaseStore> Elector<S> {
     async fn run(mut self, stop: CancellationToken) {
-        let retry = self.settings.retry_period();
+        let retry = self.retry;
         loop {
             let started = Instant::now();
-            let attempt = tokio::time::timeout(retry, self.try_acquire_or_renew()).await;
+            let attempt = tokio::time::timeout(retry, self.store.try_acquire_or_renew()).await;
             match attempt.unwrap_or(Err(LeaderError::Timeout(retry))) {
                 Ok(true) => {
                     self.last_renewed = Some(started);
@@ -297,10 +335,10 @@ impl Elector {
                 }
                 Ok(false) => self.set_leader(false),
                 Err(error) => {
-                    tracing::warn!(lease = %self.settings.name, %error, "lease not renewed");
+                    tracing::warn!(lease = %self.name, %error, "lease request failed");
                     let overdue = self
                         .last_renewed
-                        .is_none_or(|at| at.elapsed() >= self.settings.renew_deadline());
+                        .is_none_or(|at| at.elapsed() >= self.renew_deadline);
                     if overdue {
                         self.set_leader(false);
                     }
@@ -315,13 +353,13 @@ impl Elector {
         let was_leader = *self.tx.borrow();
         self.set_leader(false);
         if was_leader {
-            match tokio::time::timeout(retry, self.release()).await {
-                Ok(Ok(())) => tracing::info!(lease = %self.settings.name, "lease released"),
+            match tokio::time::timeout(retry, self.store.release()).await {
+                Ok(Ok(())) => tracing::info!(lease = %self.name, "lease released"),
                 Ok(Err(error)) => {
-                    tracing::warn!(lease = %self.settings.name, %error, "lease not released; it expires")
+                    tracing::warn!(lease = %self.name, %error, "lease not released; it expires")
                 }
                 Err(_) => {
-                    tracing::warn!(lease = %self.settings.name, "lease release timed out; it expires")
+                    tracing::warn!(lease = %self.name, "lease release timed out; it expires")
                 }
             }
         }
@@ -335,14 +373,39 @@ impl Elector {
         });
         if changed {
             tracing::info!(
-                lease = %self.settings.name,
-                identity = %self.settings.identity,
+                lease = %self.name,
+                identity = %self.identity,
                 leader,
                 "leadership changed"
             );
         }
     }
+}
 
+/// The lease as last seen, and when (on this process's clock).
+struct Observed {
+    resource_version: Option<String>,
+    at: Instant,
+}
+
+/// A `coordination.k8s.io/v1` Lease.
+struct KubeLease {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    observed: Option<Observed>,
+}
+
+impl LeaseStore for KubeLease {
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
+        KubeLease::try_acquire_or_renew(self).await
+    }
+
+    async fn release(&mut self) -> Result<(), LeaderError> {
+        KubeLease::release(self).await
+    }
+}
+
+impl KubeLease {
     /// One round: `Ok(true)` when this process holds the lease afterwards.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
         let now = MicroTime(Timestamp::now());
@@ -456,6 +519,97 @@ impl Elector {
     }
 }
 
+/// Opens (creating it if needed) the JetStream KV bucket holding the
+/// leases of clusters outside Kubernetes. Its `max_age` is the lease
+/// duration: the server drops a key its holder stopped renewing, so expiry
+/// is judged by one clock, the server's.
+pub async fn nats_bucket(
+    client: async_nats::Client,
+    bucket: &str,
+    lease_duration: Duration,
+) -> Result<kv::Store, LeaderError> {
+    use async_nats::jetstream::stream;
+    let jetstream = async_nats::jetstream::new(client);
+    // The stream a KV bucket is, as `create_key_value` would define it;
+    // created directly because `create_key_value` first asks for the
+    // account info, whose reply from NATS 2.9 (Debian's) async-nats 0.51
+    // cannot parse.
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Mailfleet leader election: one key per singleton job".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease_duration,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(|e| LeaderError::Nats(e.to_string()))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| LeaderError::Nats(e.to_string()))
+}
+
+/// A key in a JetStream KV bucket whose `max_age` is the lease duration:
+/// `create` succeeds only when the key is absent (never held, expired, or
+/// released), `update` only with the revision this process last wrote —
+/// the same optimistic concurrency as a Lease's resourceVersion.
+struct NatsLease {
+    bucket: kv::Store,
+    key: String,
+    identity: String,
+    /// The revision of our last write, while we believe we hold the key.
+    revision: Option<u64>,
+}
+
+impl LeaseStore for NatsLease {
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
+        let value = bytes::Bytes::from(self.identity.clone());
+        if let Some(revision) = self.revision {
+            match self.bucket.update(&self.key, value.clone(), revision).await {
+                Ok(revision) => {
+                    self.revision = Some(revision);
+                    return Ok(true);
+                }
+                // Someone else wrote the key since: they hold it now.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.revision = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(LeaderError::Nats(e.to_string())),
+            }
+        }
+        match self.bucket.create(&self.key, value).await {
+            Ok(revision) => {
+                self.revision = Some(revision);
+                Ok(true)
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(LeaderError::Nats(e.to_string())),
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), LeaderError> {
+        let Some(revision) = self.revision.take() else {
+            return Ok(());
+        };
+        // With our revision only: if someone else holds the key, it stays.
+        match self
+            .bucket
+            .delete_expect_revision(&self.key, Some(revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(LeaderError::Nats(e.to_string())),
+        }
+    }
+}
+
 /// A create or replace: written means won; 409 (AlreadyExists on create,
 /// Conflict on a stale resourceVersion) means another contender won.
 fn won_unless_conflict(written: Result<Lease, kube::Error>) -> Result<bool, LeaderError> {
@@ -476,6 +630,7 @@ mod tests {
         assert_eq!(Mode::resolve("auto", false), Some(Mode::Off));
         assert_eq!(Mode::resolve("kubernetes", false), Some(Mode::Kubernetes));
         assert_eq!(Mode::resolve("off", true), Some(Mode::Off));
+        assert_eq!(Mode::resolve("nats", true), Some(Mode::Nats));
         assert_eq!(Mode::resolve("on", true), None);
     }
 

@@ -453,3 +453,164 @@ async fn a_leader_cut_off_from_the_api_steps_down_before_expiry() {
 fn jiff_secs(secs: i64) -> k8s_openapi::jiff::SignedDuration {
     k8s_openapi::jiff::SignedDuration::from_secs(secs)
 }
+
+// ---------------------------------------------------------------------------
+// The same election outside Kubernetes: a JetStream KV bucket on a real NATS
+// server (MAILFLEET_TEST_NATS_URL; a missing variable fails, as in the
+// contract tests). Each test has a bucket of its own.
+
+fn nats_url() -> String {
+    std::env::var("MAILFLEET_TEST_NATS_URL").unwrap_or_else(|_| {
+        panic!(
+            "MAILFLEET_TEST_NATS_URL is not set: the NATS leader-election tests need a NATS \
+             server with JetStream, e.g. MAILFLEET_TEST_NATS_URL=nats://127.0.0.1:4222"
+        )
+    })
+}
+
+struct NatsLeases {
+    client: async_nats::Client,
+    bucket: String,
+    duration: Duration,
+}
+
+impl NatsLeases {
+    async fn new(duration: Duration) -> NatsLeases {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let bucket = format!("leader-test-{}", uuid::Uuid::now_v7().simple());
+        NatsLeases {
+            client,
+            bucket,
+            duration,
+        }
+    }
+
+    /// A contender as a process would be: its own connection and bucket handle.
+    async fn contender(&self, identity: &str) -> LeaseElection {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let store = mailfleet_runtime::leader::nats_bucket(client, &self.bucket, self.duration)
+            .await
+            .unwrap();
+        LeaseElection::start_nats(
+            store,
+            LeaseSettings {
+                namespace: String::new(),
+                name: LEASE.into(),
+                identity: identity.into(),
+                lease_duration: self.duration,
+            },
+        )
+    }
+
+    async fn store(&self) -> async_nats::jetstream::kv::Store {
+        async_nats::jetstream::new(self.client.clone())
+            .get_key_value(&self.bucket)
+            .await
+            .unwrap()
+    }
+
+    async fn holder(&self) -> Option<String> {
+        let value = self.store().await.get(LEASE).await.unwrap()?;
+        Some(String::from_utf8(value.to_vec()).unwrap())
+    }
+
+    async fn delete(self) {
+        let _ = async_nats::jetstream::new(self.client)
+            .delete_key_value(&self.bucket)
+            .await;
+    }
+}
+
+/// Two processes contend on NATS: one wins, the other waits while it
+/// renews, and takes over once the server has expired the key of a killed
+/// leader (max_age = lease duration), not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_one_contender_wins_and_the_other_takes_over_after_a_kill() {
+    let duration = Duration::from_secs(3);
+    let nats = NatsLeases::new(duration).await;
+    let a = nats.contender("node-a").await;
+    let b = nats.contender("node-b").await;
+    let (la, lb) = (a.leadership(), b.leadership());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !(la.is_leader() || lb.is_leader()) {
+        assert!(Instant::now() < deadline, "nobody elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (winner, loser, loser_leadership, winner_name, loser_name) = if la.is_leader() {
+        (a, b, lb, "node-a", "node-b")
+    } else {
+        (b, a, la, "node-b", "node-a")
+    };
+    assert_eq!(nats.holder().await.as_deref(), Some(winner_name));
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(winner.leadership().is_leader(), "winner lost the key");
+        assert!(!loser_leadership.is_leader(), "two leaders at once");
+    }
+
+    drop(winner);
+    let killed = Instant::now();
+    until(&loser_leadership, true, duration * 3, "takeover after a kill").await;
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "took over a live key after {took:?}"
+    );
+    assert!(
+        took <= duration + Duration::from_millis(2500),
+        "takeover took {took:?}"
+    );
+    assert_eq!(nats.holder().await.as_deref(), Some(loser_name));
+    loser.step_down().await;
+    nats.delete().await;
+}
+
+/// A clean shutdown deletes the key (with its revision): the follower
+/// creates it at its next retry, long before the 9 s expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_clean_shutdown_releases_the_key_at_once() {
+    let duration = Duration::from_secs(9);
+    let nats = NatsLeases::new(duration).await;
+    let a = nats.contender("node-a").await;
+    let la = a.leadership();
+    until(&la, true, Duration::from_secs(3), "first contender elected").await;
+    let b = nats.contender("node-b").await;
+    let lb = b.leadership();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!lb.is_leader());
+
+    a.step_down().await;
+    assert!(!la.is_leader());
+    assert_eq!(nats.holder().await, None, "key not released");
+    let took = until(&lb, true, Duration::from_secs(4), "takeover after release").await;
+    assert!(took < duration / 2, "takeover took {took:?}");
+    assert_eq!(nats.holder().await.as_deref(), Some("node-b"));
+    b.step_down().await;
+    nats.delete().await;
+}
+
+/// Another writer puts the key behind the leader's back: the leader's
+/// renewal by revision fails, it stops acting as leader and leaves the
+/// other writer's value in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_conflicting_write_means_someone_else_won() {
+    let duration = Duration::from_secs(3);
+    let nats = NatsLeases::new(duration).await;
+    let a = nats.contender("node-a").await;
+    let la = a.leadership();
+    until(&la, true, Duration::from_secs(3), "elected").await;
+
+    nats.store()
+        .await
+        .put(LEASE, "intruder".into())
+        .await
+        .unwrap();
+    until(&la, false, Duration::from_secs(3), "deposed by the conflict").await;
+    assert_eq!(nats.holder().await.as_deref(), Some("intruder"));
+
+    // The intruder never renews: the server expires its key.
+    let took = until(&la, true, duration * 3, "key taken back").await;
+    assert!(took >= Duration::from_millis(1500), "took back a live key after {took:?}");
+    a.step_down().await;
+    nats.delete().await;
+}
