@@ -280,7 +280,7 @@ impl MailAccess for GrpcMailAccess {
         let stored = !reply.envelope.is_empty()
             && !reply.body_structure.is_empty()
             && !reply.body.is_empty();
-        Ok(stored.then(|| Rendered {
+        Ok(stored.then_some(Rendered {
             envelope: reply.envelope,
             body_structure: reply.body_structure,
             body: reply.body,

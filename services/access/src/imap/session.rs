@@ -1389,8 +1389,10 @@ impl Session {
                 uid,
                 items,
                 &info,
-                body.as_deref(),
-                stored.as_ref(),
+                Content {
+                    raw: body.as_deref(),
+                    rendered: stored.as_ref(),
+                },
                 flags_changed,
                 condstore,
             ));
@@ -1864,6 +1866,14 @@ fn has_flag(flags: &[String], flag: &str) -> bool {
     flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
 }
 
+/// What FETCH has of a message beyond its metadata: the raw bytes when an
+/// item needs them, and the renderings stored at delivery when those are
+/// all the items need.
+struct Content<'a> {
+    raw: Option<&'a [u8]>,
+    rendered: Option<&'a Rendered>,
+}
+
 /// One `* n FETCH (...)` response. UID FETCH always includes UID, and FLAGS
 /// are included when fetching just set `\Seen` (RFC 9051 §6.4.5, §6.4.9);
 /// MODSEQ too once CONDSTORE is on (RFC 7162 §3.1.4.1).
@@ -1872,12 +1882,12 @@ fn fetch_line(
     uid_command: bool,
     items: &[FetchItem],
     info: &MessageInfo,
-    body: Option<&[u8]>,
-    stored: Option<&Rendered>,
+    content: Content<'_>,
     flags_changed: bool,
     condstore: bool,
 ) -> Vec<u8> {
-    let whole = body.unwrap_or_default();
+    let whole = content.raw.unwrap_or_default();
+    let stored = content.rendered;
     // Parsed once per message, only when an item needs the structure.
     let needs_structure = items.iter().any(|i| {
         matches!(
