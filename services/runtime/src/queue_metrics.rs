@@ -88,23 +88,23 @@ impl QueueMetrics {
         queue.register_collector(Box::new(metrics.depth.clone()));
         queue.register(
             "entries",
-            "Queue entries by status (due, deferred, leased; JetStream: due, leased_or_deferred)",
+            "Queue entries by status (due, deferred, leased; JetStream over 10,000 entries: due, leased_or_deferred)",
             metrics.entries.clone(),
         );
         queue.register_with_unit(
             "oldest_entry_age",
-            "Age since acceptance of the oldest queue entry, by status (not on JetStream)",
+            "Age since acceptance of the oldest queue entry, by status (not on JetStream over 10,000 entries)",
             Unit::Seconds,
             metrics.oldest_age.clone(),
         );
         queue.register(
             "domain_entries",
-            "Queue entries with recipients pending for a destination domain (not on JetStream)",
+            "Queue entries with recipients pending for a destination domain (not on JetStream over 10,000 entries)",
             metrics.domain_entries.clone(),
         );
         queue.register_with_unit(
             "domain_oldest_entry_age",
-            "Age since acceptance of the oldest queue entry pending for a destination domain (not on JetStream)",
+            "Age since acceptance of the oldest queue entry pending for a destination domain (not on JetStream over 10,000 entries)",
             Unit::Seconds,
             metrics.domain_oldest_age.clone(),
         );
