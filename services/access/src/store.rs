@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use mailfleet_proto::mailstore::directory_client::DirectoryClient;
 use mailfleet_proto::mailstore::mailstore_client::MailstoreClient;
 use mailfleet_proto::mailstore::{
-    AccountRequest, AuthRequest, CopyRequest, DeliverRequest, ExpungeRequest, MailboxRequest,
-    MessageRequest, RenameMailboxRequest, StoreFlagsRequest, SubscribeRequest,
+    AccountRequest, AuthRequest, ChangesRequest, CopyRequest, DeliverRequest, ExpungeRequest,
+    MailboxRequest, MessageRequest, RenameMailboxRequest, StoreFlagsRequest, SubscribeRequest,
 };
 use mailfleet_runtime::imap_mime::Rendered;
 use mailfleet_runtime::trace;
@@ -157,6 +157,44 @@ pub trait MailAccess: Send + Sync + 'static {
         account: &str,
         mailbox: &str,
     ) -> Result<Vec<MessageInfo>, AccessError>;
+    /// The messages whose MODSEQ is above `changed_since` or whose UID is in
+    /// `uids` (inclusive), with the mailbox's count and HIGHEST_MODSEQ seen
+    /// at the same time. This default filters the whole list; the gRPC
+    /// client asks the mailstore for just those rows.
+    async fn list_changes(
+        &self,
+        account: &str,
+        mailbox: &str,
+        changed_since: u64,
+        uids: Option<(u32, u32)>,
+    ) -> Result<Changes, AccessError> {
+        let status = self.select(account, mailbox).await?;
+        let all = self.list_messages(account, mailbox).await?;
+        let highest_modseq = all
+            .iter()
+            .map(|m| m.modseq)
+            .fold(status.highest_modseq, u64::max);
+        Ok(Changes {
+            exists: u32::try_from(all.len()).unwrap_or(u32::MAX),
+            highest_modseq,
+            messages: all
+                .into_iter()
+                .filter(|m| {
+                    m.modseq > changed_since
+                        || uids.is_some_and(|(first, last)| (first..=last).contains(&m.uid))
+                })
+                .collect(),
+        })
+    }
+}
+
+/// What [`MailAccess::list_changes`] returns.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Changes {
+    /// In UID order.
+    pub messages: Vec<MessageInfo>,
+    pub exists: u32,
+    pub highest_modseq: u64,
 }
 
 /// [`MailAccess`] over the mailstore's gRPC `Directory` and `Mailstore`
@@ -462,5 +500,32 @@ impl MailAccess for GrpcMailAccess {
             }))
             .await?;
         Ok(reply.into_inner().messages)
+    }
+
+    async fn list_changes(
+        &self,
+        account: &str,
+        mailbox: &str,
+        changed_since: u64,
+        uids: Option<(u32, u32)>,
+    ) -> Result<Changes, AccessError> {
+        let (uid_first, uid_last) = uids.unwrap_or((0, 0));
+        let reply = self
+            .mailstore
+            .clone()
+            .list_changes(trace::request(ChangesRequest {
+                account: account.to_owned(),
+                mailbox: mailbox.to_owned(),
+                changed_since,
+                uid_first,
+                uid_last,
+            }))
+            .await?
+            .into_inner();
+        Ok(Changes {
+            messages: reply.messages,
+            exists: reply.exists,
+            highest_modseq: reply.highest_modseq,
+        })
     }
 }

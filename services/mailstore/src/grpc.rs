@@ -11,11 +11,12 @@ use mailfleet_proto::mailstore::directory_server::Directory;
 use mailfleet_proto::mailstore::mailstore_server::Mailstore;
 use mailfleet_proto::mailstore::{
     AccountRequest, AddUserRequest, Alias, AliasList, AliasRequest, AuthReply, AuthRequest, Body,
-    CatchAllRequest, CopyReply, CopyRequest, DeliverReply, DeliverRequest, DkimKey, DkimKeyList,
-    DkimKeyRequest, DomainList, DomainRequest, Empty, ExpungeReply, ExpungeRequest, LookupReply,
-    LookupRequest, MailboxList, MailboxRequest, MailboxStatus, MessageInfo, MessageList,
-    MessageRequest, QuotaReply, RenameMailboxRequest, SetQuotaRequest, StoreFlagsRequest,
-    SubscribeRequest, UserList, UserRequest, lookup_reply, store_flags_request,
+    CatchAllRequest, ChangesReply, ChangesRequest, CopyReply, CopyRequest, DeliverReply,
+    DeliverRequest, DkimKey, DkimKeyList, DkimKeyRequest, DomainList, DomainRequest, Empty,
+    ExpungeReply, ExpungeRequest, LookupReply, LookupRequest, MailboxList, MailboxRequest,
+    MailboxStatus, MessageInfo, MessageList, MessageRequest, QuotaReply, RenameMailboxRequest,
+    SetQuotaRequest, StoreFlagsRequest, SubscribeRequest, UserList, UserRequest, lookup_reply,
+    store_flags_request,
 };
 use mailfleet_proto::mailstore::Structure;
 use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
@@ -339,6 +340,23 @@ impl Mailstore for MailstoreService {
         let r = request.into_inner();
         let messages = self.store.list_messages(&r.account, &r.mailbox).await?;
         Ok(Response::new(MessageList { messages }))
+    }
+
+    async fn list_changes(
+        &self,
+        request: Request<ChangesRequest>,
+    ) -> Result<Response<ChangesReply>, Status> {
+        let r = request.into_inner();
+        let uids = (r.uid_last > 0).then_some((r.uid_first, r.uid_last));
+        let changes = self
+            .store
+            .list_changes(&r.account, &r.mailbox, r.changed_since, uids)
+            .await?;
+        Ok(Response::new(ChangesReply {
+            messages: changes.messages,
+            exists: changes.exists,
+            highest_modseq: changes.highest_modseq,
+        }))
     }
 
     async fn fetch_structure(

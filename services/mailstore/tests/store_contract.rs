@@ -406,6 +406,33 @@ async fn contract(store: &Store, blob_dir: &Path) {
     assert_eq!(listed.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(listed[1].size, shared.len() as u64);
 
+    // What an IMAP session asks for instead of the whole list: messages
+    // changed after a MODSEQ or in a UID range, with count and
+    // HIGHEST_MODSEQ of the same snapshot.
+    let everything = store
+        .list_changes("alice@example.com", "INBOX", 0, None)
+        .await
+        .unwrap();
+    assert_eq!(everything.messages, listed);
+    assert_eq!(everything.exists, 2);
+    let status = store
+        .select_mailbox("alice@example.com", "INBOX")
+        .await
+        .unwrap();
+    assert_eq!(everything.highest_modseq, status.highest_modseq);
+    let since = everything.highest_modseq;
+    let nothing = store
+        .list_changes("alice@example.com", "INBOX", since, None)
+        .await
+        .unwrap();
+    assert!(nothing.messages.is_empty());
+    assert_eq!((nothing.exists, nothing.highest_modseq), (2, since));
+    let second = store
+        .list_changes("alice@example.com", "INBOX", u64::MAX, Some((2, 9)))
+        .await
+        .unwrap();
+    assert_eq!(second.messages, listed[1..]);
+
     // Nothing flagged \Deleted: nothing expunged.
     let none = store
         .expunge("alice@example.com", "INBOX", &[])
@@ -437,6 +464,18 @@ async fn contract(store: &Store, blob_dir: &Path) {
         .unwrap();
     assert_eq!(gone.uids, [2]);
     assert!(gone.modseq > 0);
+    // A flag change and an expunge since `since`: the changed message is
+    // listed, the expunged one shows only in the count.
+    let changed = store
+        .list_changes("alice@example.com", "INBOX", since, None)
+        .await
+        .unwrap();
+    assert!(
+        changed.messages.is_empty(),
+        "UID 2 is gone, UID 1 unchanged"
+    );
+    assert_eq!(changed.exists, 1);
+    assert_eq!(changed.highest_modseq, gone.modseq);
     assert!(
         blobs.get(&shared_id).await.is_ok(),
         "bob still refers to the blob"

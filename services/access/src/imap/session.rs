@@ -143,6 +143,9 @@ struct Mailbox {
     /// higher one in the mailstore is a flag change by someone else, sent
     /// as an unsolicited FETCH (RFC 9051 §7.4.2, §5.2).
     modseqs: HashMap<u32, u64>,
+    /// The mailbox's HIGHEST_MODSEQ when this view was last brought up to
+    /// date: the next sync asks only for what changed after it.
+    synced_modseq: u64,
 }
 
 /// What reading one command produced.
@@ -1272,6 +1275,9 @@ impl Session {
                 read_only,
                 uids,
                 modseqs: messages.iter().map(|m| (m.uid, m.modseq)).collect(),
+                // Read before the list: a change in between is asked for
+                // again at the next sync, and found already known.
+                synced_modseq: status.highest_modseq,
             },
         };
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
@@ -1300,13 +1306,8 @@ impl Session {
             Ok(targets) => targets,
             Err(reply) => return reply,
         };
-        let current = match self
-            .shared
-            .store
-            .list_messages(account, &mailbox.name)
-            .await
-        {
-            Ok(messages) => by_uid(messages),
+        let current = match current_of(&self.shared, account, &mailbox.name, &targets).await {
+            Ok(current) => current,
             Err(error) => return store_failure(error),
         };
         let sets_seen = !mailbox.read_only && items.iter().any(FetchItem::sets_seen);
@@ -1427,13 +1428,8 @@ impl Session {
             Err(reply) => return reply,
         };
         let current = match unchanged_since {
-            Some(_) => match self
-                .shared
-                .store
-                .list_messages(account, &mailbox.name)
-                .await
-            {
-                Ok(messages) => by_uid(messages),
+            Some(_) => match current_of(&self.shared, account, &mailbox.name, &targets).await {
+                Ok(current) => current,
                 Err(error) => return store_failure(error),
             },
             None => BTreeMap::new(),
@@ -1696,12 +1692,40 @@ impl Session {
     }
 
     /// Brings the session's view of the selected mailbox up to date with the
-    /// mailstore and returns the untagged responses that say so.
+    /// mailstore and returns the untagged responses that say so. Only what
+    /// changed since the last sync is asked for (flag changes and new
+    /// messages carry a higher MODSEQ); the whole list is read only when
+    /// the count says messages went away, to learn which.
     async fn sync(&mut self, allow_expunge: bool) -> Vec<Vec<u8>> {
         let State::Selected { account, mailbox } = &mut self.state else {
             return Vec::new();
         };
         self.dirty = false;
+        let changes = match self
+            .shared
+            .store
+            .list_changes(account, &mailbox.name, mailbox.synced_modseq, None)
+            .await
+        {
+            Ok(changes) => changes,
+            Err(error) => {
+                warn!(%error, "imap: cannot refresh mailbox");
+                return Vec::new();
+            }
+        };
+        let known_max = mailbox.uids.last().copied().unwrap_or(0);
+        let arrived = changes
+            .messages
+            .iter()
+            .filter(|m| m.uid > known_max)
+            .count();
+        let expunged = changes.exists as usize != mailbox.uids.len() + arrived;
+        if !(allow_expunge && expunged) {
+            mailbox.synced_modseq = changes.highest_modseq;
+            // Without the expunges (not allowed now), the count stays off
+            // and the next sync that may report them reads the whole list.
+            return apply_changes(mailbox, &changes.messages, false, self.condstore);
+        }
         let messages = match self
             .shared
             .store
@@ -1714,56 +1738,9 @@ impl Session {
                 return Vec::new();
             }
         };
-        let current: HashSet<u32> = messages.iter().map(|m| m.uid).collect();
-        let mut lines = Vec::new();
-        if allow_expunge {
-            let mut index = 0;
-            while index < mailbox.uids.len() {
-                if current.contains(&mailbox.uids[index]) {
-                    index += 1;
-                } else {
-                    mailbox.uids.remove(index);
-                    lines.push(untagged(&format!("{} EXPUNGE", index + 1)));
-                }
-            }
-        }
-        // Flag changes made elsewhere to messages this session knows.
-        for message in &messages {
-            let Some(known) = mailbox.modseqs.get_mut(&message.uid) else {
-                continue;
-            };
-            if message.modseq <= *known {
-                continue;
-            }
-            *known = message.modseq;
-            let Ok(index) = mailbox.uids.binary_search(&message.uid) else {
-                continue;
-            };
-            let modseq = if self.condstore {
-                format!(" MODSEQ ({})", message.modseq)
-            } else {
-                String::new()
-            };
-            lines.push(untagged(&format!(
-                "{} FETCH (UID {} FLAGS {}{modseq})",
-                index + 1,
-                message.uid,
-                flag_list(&message.flags)
-            )));
-        }
-        let known_max = mailbox.uids.last().copied().unwrap_or(0);
-        let before = mailbox.uids.len();
-        for message in messages.iter().filter(|m| m.uid > known_max) {
-            mailbox.uids.push(message.uid);
-            mailbox.modseqs.insert(message.uid, message.modseq);
-        }
-        if mailbox.uids.len() != before {
-            lines.push(untagged(&format!("{} EXISTS", mailbox.uids.len())));
-        }
-        if allow_expunge {
-            mailbox.modseqs.retain(|uid, _| current.contains(uid));
-        }
-        lines
+        // Read before the list, so nothing committed in between is missed.
+        mailbox.synced_modseq = changes.highest_modseq;
+        apply_changes(mailbox, &messages, true, self.condstore)
     }
 
     fn account(&self) -> Option<String> {
@@ -1774,6 +1751,69 @@ impl Session {
             _ => None,
         }
     }
+}
+
+/// Applies what the mailstore reported to the session's view and returns
+/// the untagged responses for it: flag changes made elsewhere as FETCH, new
+/// messages as EXISTS and, when `messages` is the whole mailbox
+/// (`complete`), the ones missing from it as EXPUNGE.
+fn apply_changes(
+    mailbox: &mut Mailbox,
+    messages: &[MessageInfo],
+    complete: bool,
+    condstore: bool,
+) -> Vec<Vec<u8>> {
+    let current: HashSet<u32> = messages.iter().map(|m| m.uid).collect();
+    let allow_expunge = complete;
+    let mut lines = Vec::new();
+    if allow_expunge {
+        let mut index = 0;
+        while index < mailbox.uids.len() {
+            if current.contains(&mailbox.uids[index]) {
+                index += 1;
+            } else {
+                mailbox.uids.remove(index);
+                lines.push(untagged(&format!("{} EXPUNGE", index + 1)));
+            }
+        }
+    }
+    // Flag changes made elsewhere to messages this session knows.
+    for message in messages {
+        let Some(known) = mailbox.modseqs.get_mut(&message.uid) else {
+            continue;
+        };
+        if message.modseq <= *known {
+            continue;
+        }
+        *known = message.modseq;
+        let Ok(index) = mailbox.uids.binary_search(&message.uid) else {
+            continue;
+        };
+        let modseq = if condstore {
+            format!(" MODSEQ ({})", message.modseq)
+        } else {
+            String::new()
+        };
+        lines.push(untagged(&format!(
+            "{} FETCH (UID {} FLAGS {}{modseq})",
+            index + 1,
+            message.uid,
+            flag_list(&message.flags)
+        )));
+    }
+    let known_max = mailbox.uids.last().copied().unwrap_or(0);
+    let before = mailbox.uids.len();
+    for message in messages.iter().filter(|m| m.uid > known_max) {
+        mailbox.uids.push(message.uid);
+        mailbox.modseqs.insert(message.uid, message.modseq);
+    }
+    if mailbox.uids.len() != before {
+        lines.push(untagged(&format!("{} EXISTS", mailbox.uids.len())));
+    }
+    if allow_expunge {
+        mailbox.modseqs.retain(|uid, _| current.contains(uid));
+    }
+    lines
 }
 
 /// Reads one complete command: a line, and for each literal it announces,
@@ -1856,6 +1896,28 @@ fn resolve(set: &SequenceSet, uid: bool, uids: &[u32]) -> Result<Vec<(u32, u32)>
         .filter(|&seq| set.contains(seq, count))
         .map(|seq| (seq, uids[seq as usize - 1]))
         .collect())
+}
+
+/// The mailstore's current metadata of the `(seq, uid)` targets of a
+/// FETCH or STORE, asked for as the one UID range that covers them rather
+/// than as the whole mailbox; a UID missing from the map was expunged.
+async fn current_of(
+    shared: &Shared,
+    account: &str,
+    mailbox: &str,
+    targets: &[(u32, u32)],
+) -> Result<BTreeMap<u32, MessageInfo>, AccessError> {
+    let (Some(first), Some(last)) = (
+        targets.iter().map(|&(_, u)| u).min(),
+        targets.iter().map(|&(_, u)| u).max(),
+    ) else {
+        return Ok(BTreeMap::new());
+    };
+    let changes = shared
+        .store
+        .list_changes(account, mailbox, u64::MAX, Some((first, last)))
+        .await?;
+    Ok(by_uid(changes.messages))
 }
 
 fn by_uid(messages: Vec<MessageInfo>) -> BTreeMap<u32, MessageInfo> {

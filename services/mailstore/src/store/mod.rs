@@ -29,7 +29,7 @@ pub use directory::Lookup;
 pub use dkim::DkimKeyRecord;
 pub use folders::{Copied, Quota};
 pub use history::{HistoryRecord, STAGES as HISTORY_STAGES};
-pub use mailbox::{Delivered, Expunged, NewMessage};
+pub use mailbox::{Changes, Delivered, Expunged, NewMessage};
 pub use names::FlagMode;
 
 /// What a store operation failed with; the gRPC layer maps each variant to
