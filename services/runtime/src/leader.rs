@@ -23,8 +23,8 @@
 //! - `auto` (default): `kubernetes` when `KUBERNETES_SERVICE_HOST` is set
 //!   (every pod has it), else `off`.
 //!
-//! Expiry is judged on this process's own clock from when it last saw the
-//! lease change, never by comparing the holder's `renewTime` with local
+//! On Kubernetes, expiry is judged on this process's own clock from when it
+//! last saw the lease change, never by comparing the holder's `renewTime` with local
 //! time: replicas' clocks may disagree, their rates do not (much). A newly
 //! started contender therefore waits one full lease duration before taking
 //! over a lease it finds held, even if the holder died long ago.
