@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mailfleet_proto::history::history_server::History;
 use mailfleet_proto::history::{HistoryEvent, HistoryEvents, HistoryQuery, RecordReply};
+use mailfleet_proto::mailstore::Structure;
 use mailfleet_proto::mailstore::directory_server::Directory;
 use mailfleet_proto::mailstore::mailstore_server::Mailstore;
 use mailfleet_proto::mailstore::{
@@ -18,7 +19,6 @@ use mailfleet_proto::mailstore::{
     SetQuotaRequest, StoreFlagsRequest, SubscribeRequest, UserList, UserRequest, lookup_reply,
     store_flags_request,
 };
-use mailfleet_proto::mailstore::Structure;
 use mailfleet_proto::queue::{MailboxEvent, mailbox_event};
 use mailfleet_runtime::backend::Events;
 use tonic::{Request, Response, Status};
