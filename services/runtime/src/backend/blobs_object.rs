@@ -74,6 +74,9 @@ impl S3Location {
     }
 }
 
+/// How long a readiness check waits for the bucket.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct ObjectStoreBlobs {
     store: Arc<dyn ObjectStore>,
     /// Key prefix without trailing slash; empty for the bucket's root.
@@ -156,13 +159,17 @@ impl BlobStore for ObjectStoreBlobs {
     }
 
     /// Reads the metadata of a key that never exists: "not found" proves
-    /// the bucket answers with these credentials.
+    /// the bucket answers with these credentials. Bounded: the client
+    /// retries a refused connection for minutes, and `/readyz` must answer.
     async fn ping(&self) -> Result<()> {
         let probe = ObjectPath::parse(join(&self.prefix, ".readyz"))
             .map_err(|e| BackendError::Other(e.to_string()))?;
-        match self.store.head(&probe).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(object_error(error)),
+        match tokio::time::timeout(PING_TIMEOUT, self.store.head(&probe)).await {
+            Ok(Ok(_) | Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(error)) => Err(object_error(error)),
+            Err(_) => Err(BackendError::Other(format!(
+                "object store did not answer within {PING_TIMEOUT:?}"
+            ))),
         }
     }
 }
@@ -198,5 +205,27 @@ mod tests {
         assert_eq!(blobs.key(&id).unwrap().as_ref(), format!("mail/store/{id}"));
         assert!(blobs.key("../etc").is_err());
         assert!(blobs.key(&"AB".repeat(32)).is_err());
+    }
+
+    #[tokio::test]
+    async fn ping_of_an_unreachable_endpoint_fails_in_bounded_time() {
+        // Port 9 on loopback: nothing listens, every connection is refused.
+        let location = S3Location {
+            url: "s3://nowhere/mail".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            allow_http: true,
+        };
+        let (builder, prefix) = location
+            .builder(
+                AmazonS3Builder::new()
+                    .with_region("us-east-1")
+                    .with_access_key_id("test")
+                    .with_secret_access_key("test"),
+            )
+            .unwrap();
+        let blobs = ObjectStoreBlobs::new(Arc::new(builder.build().unwrap()), &prefix);
+        let started = std::time::Instant::now();
+        assert!(blobs.ping().await.is_err());
+        assert!(started.elapsed() < PING_TIMEOUT + std::time::Duration::from_secs(2));
     }
 }
