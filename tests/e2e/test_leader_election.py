@@ -190,12 +190,15 @@ def test_one_replica_does_the_housekeeping_and_hands_it_over(tmp_path):
         leader = nodes[api.holder(QUEUE_LEASE)]
         follower = next(n for n in nodes.values() if n is not leader)
         wait_until(lambda: exports_depth(leader), timeout=15, what="the leader exports the queue gauges")
-        assert queue_series(follower) == [], "a follower exports queue gauges"
-        # mailfleet_leader{job} says who does what.
+        # mailfleet_leader{job} says who does what (a job's gauge appears
+        # when the process first asks for the job, e.g. opens the queue).
         assert leader_gauge(leader, "queue-metrics") == 1
-        assert leader_gauge(follower, "queue-metrics") == 0
-        prune_leader = nodes[api.holder(PRUNE_LEASE)]
-        assert leader_gauge(prune_leader, "history-prune") == 1
+        wait_until(lambda: leader_gauge(follower, "queue-metrics") == 0, timeout=10,
+                   what="the follower reports it does not do the queue gauges")
+        assert queue_series(follower) == [], "a follower exports queue gauges"
+        wait_until(lambda: all(leader_gauge(n, "history-prune") is not None for n in nodes.values()),
+                   timeout=10, what="both report on history pruning")
+        assert leader_gauge(nodes[api.holder(PRUNE_LEASE)], "history-prune") == 1
         assert sum(leader_gauge(n, "history-prune") for n in nodes.values()) == 1
 
         # kill -9: no release; the follower waits for the lease to run out.
