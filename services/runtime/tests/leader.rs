@@ -300,6 +300,11 @@ async fn one_contender_wins_and_the_other_takes_over_after_a_kill() {
         assert!(Instant::now() < deadline, "nobody elected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The loser's create may still be in flight when the winner knows.
+    while api.answers("POST", 201) + api.answers("POST", 409) < 2 {
+        assert!(Instant::now() < deadline, "the second create never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(api.answers("POST", 201), 1, "one create accepted");
     assert_eq!(
         api.answers("POST", 409),
@@ -550,7 +555,13 @@ async fn nats_one_contender_wins_and_the_other_takes_over_after_a_kill() {
 
     drop(winner);
     let killed = Instant::now();
-    until(&loser_leadership, true, duration * 3, "takeover after a kill").await;
+    until(
+        &loser_leadership,
+        true,
+        duration * 3,
+        "takeover after a kill",
+    )
+    .await;
     let took = killed.elapsed();
     assert!(
         took >= Duration::from_millis(1800),
@@ -605,12 +616,21 @@ async fn nats_a_conflicting_write_means_someone_else_won() {
         .put(LEASE, "intruder".into())
         .await
         .unwrap();
-    until(&la, false, Duration::from_secs(3), "deposed by the conflict").await;
+    until(
+        &la,
+        false,
+        Duration::from_secs(3),
+        "deposed by the conflict",
+    )
+    .await;
     assert_eq!(nats.holder().await.as_deref(), Some("intruder"));
 
     // The intruder never renews: the server expires its key.
     let took = until(&la, true, duration * 3, "key taken back").await;
-    assert!(took >= Duration::from_millis(1500), "took back a live key after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "took back a live key after {took:?}"
+    );
     a.step_down().await;
     nats.delete().await;
 }
