@@ -232,3 +232,136 @@ def test_kustomize_binds_the_lease_role_in_the_overlay_namespace(overlay):
     # A subject in another namespace would leave the pods without the Role.
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": sa["metadata"]["namespace"]}]
+
+
+BLOB_TARGETS = {"smtp-edge", "delivery", "mailstore"}
+
+
+def _config(docs):
+    import tomllib
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    return tomllib.loads(cm["data"]["config.toml"])
+
+
+def _env(pod):
+    return {e["name"]: e for e in pod["containers"][0]["env"]}
+
+
+def test_s3_blobs_need_no_shared_volume():
+    values = yaml.safe_load((Path(__file__).parent / "values/s3-blobs.yaml").read_text())
+    docs = render(values)
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+
+    backends = _config(docs)["backends"]
+    assert backends["blob_url"] == "s3://mail-blobs/prod"
+    assert backends["blob_s3_endpoint"] == "http://minio.storage:9000"
+    assert backends["blob_s3_allow_http"] is True
+    # blob_dir would point into the pod's emptyDir: a spool no other pod sees.
+    assert "blob_dir" not in backends
+
+    pods = _pods(docs)
+    assert set(pods) == BLOB_TARGETS | {"filter", "access"}
+    for target, pod in pods.items():
+        assert "blobs" not in {v["name"] for v in pod["volumes"]}, target
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        assert not [p for p in mounts if p.startswith("/var/lib/mailfleet/blobs")], target
+        # The root FS stays read-only: data_dir is still a writable emptyDir.
+        assert mounts["/var/lib/mailfleet"] == "data", target
+        [data] = [v for v in pod["volumes"] if v["name"] == "data"]
+        assert data == {"name": "data", "emptyDir": {}}, target
+
+        env = _env(pod)
+        if target in BLOB_TARGETS:
+            assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+                "secretKeyRef": {"name": "mailfleet-s3", "key": "AWS_ACCESS_KEY_ID"}}, target
+            assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+                "secretKeyRef": {"name": "mailfleet-s3", "key": "AWS_SECRET_ACCESS_KEY"}}, target
+            assert env["AWS_REGION"]["value"] == "us-east-1", target
+        else:
+            # filter and access never touch blobs: no keys for them.
+            assert not [k for k in env if k.startswith("AWS_")], target
+
+    # The pods reach the S3 endpoint: no policy of the chart limits egress.
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policies
+    for p in policies:
+        assert p["spec"]["policyTypes"] == ["Ingress"], p["metadata"]["name"]
+        assert "egress" not in p["spec"]
+
+
+def test_s3_config_with_the_secret_keys_passes_config_check(tmp_path):
+    """What smtp-edge runs with: the rendered config plus its env, the Secret's
+    keys filled in as the kubelet would."""
+    values = yaml.safe_load((Path(__file__).parent / "values/s3-blobs.yaml").read_text())
+    docs = render(values)
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    conf = tmp_path / "config.toml"
+    conf.write_text(cm["data"]["config.toml"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILFLEET__", "AWS_"))}
+    for e in _env(_pods(docs)["smtp-edge"]).values():
+        env[e["name"]] = e.get("value", "from-secret")
+    assert env["AWS_SECRET_ACCESS_KEY"] == "from-secret"
+    out = subprocess.run([BIN, "config", "check", str(conf)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    # The same check refuses a bucket URL of another scheme, so passing means
+    # the server read blob_url.
+    conf.write_text(cm["data"]["config.toml"].replace("s3://mail-blobs", "gs://mail-blobs"))
+    out = subprocess.run([BIN, "config", "check", str(conf)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 64 and "backends.blob_url" in out.stderr, out.stderr
+
+
+def test_s3_key_names_in_the_secret_are_configurable():
+    values = yaml.safe_load((Path(__file__).parent / "values/s3-blobs.yaml").read_text())
+    values["blobs"]["s3"].update(accessKeyIdKey="access-key", secretAccessKeyKey="secret-key")
+    env = _env(_pods(render(values))["mailstore"])
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["key"] == "access-key"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secret-key"
+
+
+def test_s3_without_secret_or_region_adds_no_aws_env():
+    """Credentials from elsewhere (workload identity, extraEnv): the chart
+    must not shadow them with empty variables."""
+    values = yaml.safe_load((Path(__file__).parent / "values/minimal.yaml").read_text())
+    values["blobs"] = {"s3": {"url": "s3://bucket"}}
+    docs = render(values)
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    backends = _config(docs)["backends"]
+    assert backends["blob_url"] == "s3://bucket"
+    assert backends["blob_s3_allow_http"] is False
+    assert "blob_s3_endpoint" not in backends
+    for target, pod in _pods(docs).items():
+        assert not [k for k in _env(pod) if k.startswith("AWS_")], target
+
+
+def test_the_default_keeps_blobs_on_the_shared_claim():
+    docs = render(yaml.safe_load((Path(__file__).parent / "values/minimal.yaml").read_text()))
+    [pvc] = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    backends = _config(docs)["backends"]
+    assert backends["blob_dir"] == "/var/lib/mailfleet/blobs"
+    assert "blob_url" not in backends
+    for target, pod in _pods(docs).items():
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if v["name"] == "blobs"]
+        assert claims == ([pvc["metadata"]["name"]] if target in BLOB_TARGETS else []), target
+        assert not [k for k in _env(pod) if k.startswith("AWS_")], target
+
+
+@pytest.mark.parametrize("s3, message", [
+    ({"url": "gs://bucket/prefix"}, "/blobs/s3/url"),
+    ({"url": "https://bucket.s3.amazonaws.com/prefix"}, "/blobs/s3/url"),
+    ({"url": "s3://"}, "/blobs/s3/url"),
+    ({"url": "s3://bucket", "endpoint": "minio:9000"}, "/blobs/s3/endpoint"),
+    ({"url": "s3://bucket", "endpoint": "http://minio:9000"}, "blobs.s3.allowHttp"),
+    ({"endpoint": "https://minio:9000"}, "need blobs.s3.url"),
+    ({"existingSecret": "keys"}, "need blobs.s3.url"),
+    ({"url": "s3://bucket", "accessKey": "AKIA..."}, "accessKey"),
+])
+def test_bad_s3_values_are_refused(s3, message):
+    values = yaml.safe_load((Path(__file__).parent / "values/minimal.yaml").read_text())
+    values["blobs"] = {"s3": s3}
+    with pytest.raises(helm.HelmError) as e:
+        render(values)
+    assert message in str(e.value)

@@ -46,6 +46,22 @@ app.kubernetes.io/component: {{ .target }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+"true" when blobs live on the shared claim (not in S3). A plain http://
+endpoint is refused unless allowHttp says so: the server would only fail at
+its first blob write.
+*/}}
+{{- define "mailfleet.blobVolume" -}}
+{{- $s3 := .Values.blobs.s3 -}}
+{{- if and $s3.endpoint (hasPrefix "http://" $s3.endpoint) (not $s3.allowHttp) -}}
+{{- fail "blobs.s3.endpoint is plain http://: set blobs.s3.allowHttp=true (private networks only) or use https://" -}}
+{{- end -}}
+{{- if and (or $s3.endpoint $s3.existingSecret $s3.region) (not $s3.url) -}}
+{{- fail "blobs.s3.endpoint, region and existingSecret need blobs.s3.url (s3://bucket/prefix)" -}}
+{{- end -}}
+{{- if not $s3.url -}}true{{- end -}}
+{{- end -}}
+
 {{- define "mailfleet.blobClaim" -}}
 {{- default (printf "%s-blobs" (include "mailfleet.fullname" .)) .Values.blobs.existingClaim -}}
 {{- end -}}
