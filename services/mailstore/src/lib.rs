@@ -79,6 +79,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
     let history = HistoryServer::new(grpc::HistoryService {
         store: store.clone(),
     });
+    let sweeping = tokio::spawn(sweep_released_blobs(store.clone()));
     let pruning = tokio::spawn(prune_history(
         store.clone(),
         ctx.config.mailstore.history_retention_days,
@@ -100,9 +101,40 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
         .await;
     ctx.readiness.set(READINESS, false);
     pruning.abort();
+    sweeping.abort();
     store.close().await;
     tracing::info!("mailstore stopped");
     Ok(served?)
+}
+
+/// How many released blobs one sweep query takes at a time.
+const RELEASED_BLOB_BATCH: i64 = 500;
+
+/// Deletes the blobs a crash (or a failed file deletion) left at refcount
+/// 0, in the background at start-up so that readiness does not wait for a
+/// large backlog. Every replica may run it: each deletion takes the row
+/// under a lock and a second replica just finds it gone.
+async fn sweep_released_blobs(store: Arc<Store>) {
+    let mut total = 0;
+    loop {
+        match store.sweep_released_blobs(RELEASED_BLOB_BATCH).await {
+            Ok(deleted) => {
+                total += deleted;
+                // A short batch (or one whose deletions all failed) ends it:
+                // failed rows would otherwise be selected again forever.
+                if deleted < RELEASED_BLOB_BATCH as usize {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot sweep released blobs");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(deleted = total, "released blobs deleted at start-up");
+    }
 }
 
 /// How often old history is deleted.

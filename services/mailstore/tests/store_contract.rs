@@ -6,9 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mailfleet_mailstore::store::{self, FlagMode, Lookup, NewMessage, Store, StoreError};
-use mailfleet_runtime::backend::{BlobStore, DirBlobs};
+use mailfleet_runtime::backend::{self, BlobStore, DirBlobs};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Connection};
 use tempfile::TempDir;
@@ -995,6 +996,169 @@ async fn postgres_contract() {
 async fn postgres_concurrent_replicas() {
     let db = TestDb::postgres().await;
     concurrent_replicas(&db).await;
+    db.drop_database().await;
+}
+
+/// The real directory store, with one interleaving on demand: when armed,
+/// the next put is followed by a deletion of the blob, as a concurrent
+/// release that ran between a delivery's put and its upsert would do.
+struct DeletedAfterPut {
+    inner: DirBlobs,
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for DeletedAfterPut {
+    async fn put(&self, data: &[u8]) -> backend::Result<String> {
+        let id = self.inner.put(data).await?;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.inner.delete(&id).await?;
+        }
+        Ok(id)
+    }
+    async fn get(&self, id: &str) -> backend::Result<Vec<u8>> {
+        self.inner.get(id).await
+    }
+    async fn delete(&self, id: &str) -> backend::Result<()> {
+        self.inner.delete(id).await
+    }
+    async fn exists(&self, id: &str) -> backend::Result<bool> {
+        self.inner.exists(id).await
+    }
+}
+
+/// Flags UID `uid` of alice's INBOX `\Deleted` and expunges it, stopping
+/// after the commit: the blobs released are returned, files still there.
+async fn expunge_before_file_deletion(store: &Store, uid: u32) -> Vec<String> {
+    store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            uid,
+            FlagMode::Add,
+            &flags(&["\\Deleted"]),
+        )
+        .await
+        .unwrap();
+    let (expunged, released) = store
+        .expunge_releasing("alice@example.com", "INBOX", &[uid])
+        .await
+        .unwrap();
+    assert_eq!(expunged.uids, [uid]);
+    released
+}
+
+/// The release of a blob's last reference racing a delivery of the same
+/// bytes: the file must outlive the release when the delivery wins, and
+/// still go when nothing refers to it any more.
+async fn blob_release_race(db: &TestDb) {
+    let blobs = Arc::new(DeletedAfterPut {
+        inner: DirBlobs::open(&db.blob_dir).unwrap(),
+        armed: AtomicBool::new(false),
+    });
+    let store = Store::open(&db.url, blobs.clone()).await.unwrap();
+    store.add_domain("example.com").await.unwrap();
+    store.add_user("alice@example.com", "pw").await.unwrap();
+    let content: &[u8] = b"Subject: same bytes\r\n\r\nidentical body\r\n";
+    let id = sha256_hex(content);
+
+    // (a) Expunge of the last copy commits; the same bytes are delivered
+    // again before the expunge deletes the file; then it tries to.
+    let first = store
+        .deliver(deliver("alice@example.com", "INBOX", content, "race/1"))
+        .await
+        .unwrap();
+    let released = expunge_before_file_deletion(&store, first.uid).await;
+    assert_eq!(released, [id.as_str()]);
+    let second = store
+        .deliver(deliver("alice@example.com", "INBOX", content, "race/2"))
+        .await
+        .unwrap();
+    assert!(!second.duplicate);
+    assert!(
+        !store.delete_released_blob(&id).await.unwrap(),
+        "a blob referenced again must not be deleted"
+    );
+    assert_eq!(
+        store
+            .fetch_body("alice@example.com", "INBOX", second.uid)
+            .await
+            .unwrap(),
+        content,
+        "the message delivered during the release lost its blob"
+    );
+
+    // (b) Expunging the last copy, in one call, still deletes the file.
+    store
+        .store_flags(
+            "alice@example.com",
+            "INBOX",
+            second.uid,
+            FlagMode::Add,
+            &flags(&["\\Deleted"]),
+        )
+        .await
+        .unwrap();
+    store
+        .expunge("alice@example.com", "INBOX", &[second.uid])
+        .await
+        .unwrap();
+    assert!(!blobs.inner.exists(&id).await.unwrap(), "blob left behind");
+
+    // (c) A row left at refcount 0 (a crash after the release's commit),
+    // and a concurrent deleter that removes the file between the
+    // delivery's put and its upsert: the delivery puts the file back.
+    let third = store
+        .deliver(deliver("alice@example.com", "INBOX", content, "race/3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        expunge_before_file_deletion(&store, third.uid).await,
+        [id.as_str()]
+    );
+    blobs.armed.store(true, Ordering::SeqCst);
+    let fourth = store
+        .deliver(deliver("alice@example.com", "INBOX", content, "race/4"))
+        .await
+        .unwrap();
+    assert!(
+        !blobs.armed.load(Ordering::SeqCst),
+        "the put was not reached"
+    );
+    assert_eq!(
+        store
+            .fetch_body("alice@example.com", "INBOX", fourth.uid)
+            .await
+            .unwrap(),
+        content,
+        "a revived reference must have its blob"
+    );
+    // The sweep leaves it alone: it is referenced.
+    assert_eq!(store.sweep_released_blobs(100).await.unwrap(), 0);
+    assert!(blobs.inner.exists(&id).await.unwrap());
+
+    // A crash between a release's commit and the file deletion leaves a
+    // row at 0 and the file: the sweep deletes both.
+    expunge_before_file_deletion(&store, fourth.uid).await;
+    assert!(blobs.inner.exists(&id).await.unwrap());
+    assert_eq!(store.sweep_released_blobs(100).await.unwrap(), 1);
+    assert!(
+        !blobs.inner.exists(&id).await.unwrap(),
+        "sweep left the blob"
+    );
+    assert_eq!(store.sweep_released_blobs(100).await.unwrap(), 0);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_blob_release_race() {
+    blob_release_race(&TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_blob_release_race() {
+    let db = TestDb::postgres().await;
+    blob_release_race(&db).await;
     db.drop_database().await;
 }
 

@@ -720,6 +720,7 @@ async fn blobs_contract(blobs: Arc<dyn BlobStore>) {
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
     );
     assert_eq!(blobs.get(&id).await.unwrap(), data);
+    assert!(blobs.exists(&id).await.unwrap());
     // Same content, same id.
     assert_eq!(blobs.put(&data).await.unwrap(), id);
     let empty = blobs.put(b"").await.unwrap();
@@ -730,6 +731,10 @@ async fn blobs_contract(blobs: Arc<dyn BlobStore>) {
         blobs.get(&id).await,
         Err(BackendError::BlobNotFound(missing)) if missing == id
     ));
+    assert!(
+        !blobs.exists(&id).await.unwrap(),
+        "deleted blob still exists"
+    );
     // Deleting what is not there is fine.
     blobs.delete(&id).await.unwrap();
 
@@ -744,6 +749,7 @@ async fn blobs_contract(blobs: Arc<dyn BlobStore>) {
     ] {
         assert!(blobs.get(bad).await.is_err(), "get({bad:?}) accepted");
         assert!(blobs.delete(bad).await.is_err(), "delete({bad:?}) accepted");
+        assert!(blobs.exists(bad).await.is_err(), "exists({bad:?}) accepted");
     }
 }
 

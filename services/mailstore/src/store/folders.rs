@@ -254,10 +254,25 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if !move_messages {
-                sqlx::query("UPDATE blob_refs SET refcount = refcount + 1 WHERE blob = $1")
-                    .bind(&blob)
-                    .execute(&mut *tx)
-                    .await?;
+                // The source message holds a reference, so the count is
+                // above 0 and the file exists: no check as in delivery. On
+                // PostgreSQL a concurrent expunge of the source may have
+                // released it since our SELECT: never revive a count of 0
+                // (its file may be gone), fail the copy instead.
+                let referenced = sqlx::query(
+                    "UPDATE blob_refs SET refcount = refcount + 1 \
+                     WHERE blob = $1 AND refcount > 0 RETURNING refcount",
+                )
+                .bind(&blob)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if referenced.is_none() {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound(format!(
+                        "message {} (expunged during the copy)",
+                        row.try_get::<i64, _>(0)?
+                    )));
+                }
             }
             let source_uid = to_u32(row.try_get(0)?, "uid")?;
             copied.pairs.push((source_uid, to_u32(new_uid, "uid")?));

@@ -13,7 +13,7 @@ use sqlx::any::{Any, AnyRow};
 use sqlx::{Row, Transaction};
 
 use super::names::{self, DELETED, FlagMode, SEEN};
-use super::{Result, Store, StoreError, now_ms, release_blob, to_u32, to_u64};
+use super::{Result, Store, StoreError, now_ms, reference_blob, release_blob, to_u32, to_u64};
 
 /// A message to store.
 #[derive(Debug, Clone, Copy)]
@@ -149,13 +149,7 @@ impl Store {
         .bind(&structure.body)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO blob_refs (blob, refcount) VALUES ($1, 1) \
-             ON CONFLICT (blob) DO UPDATE SET refcount = blob_refs.refcount + 1",
-        )
-        .bind(&blob)
-        .execute(&mut *tx)
-        .await?;
+        reference_blob(&mut tx, self.blobs.as_ref(), &blob, new.message).await?;
         if !new.idempotency_key.is_empty() {
             sqlx::query("UPDATE deliveries SET uid = $1 WHERE idempotency_key = $2")
                 .bind(uid)
@@ -370,6 +364,21 @@ impl Store {
     /// `uids` when it is not empty (UID EXPUNGE, RFC 4315 §2.1). Blobs whose
     /// last reference goes are deleted after the commit.
     pub async fn expunge(&self, account: &str, mailbox: &str, uids: &[u32]) -> Result<Expunged> {
+        let (expunged, released) = self.expunge_releasing(account, mailbox, uids).await?;
+        self.delete_unreferenced_blobs(&released).await;
+        Ok(expunged)
+    }
+
+    /// The committed half of `expunge`: also returns the blobs whose last
+    /// reference went (left at refcount 0), whose files are not yet deleted.
+    /// Public for the contract tests, which deliver between the two halves.
+    #[doc(hidden)]
+    pub async fn expunge_releasing(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> Result<(Expunged, Vec<String>)> {
         let mailbox = self.mailbox_ref(account, mailbox).await?;
         let mut tx = self.begin_write().await?;
         let rows =
@@ -388,10 +397,11 @@ impl Store {
         }
         if doomed.is_empty() {
             tx.rollback().await?;
-            return Ok(Expunged {
+            let nothing = Expunged {
                 mailbox: mailbox.name,
                 ..Expunged::default()
-            });
+            };
+            return Ok((nothing, Vec::new()));
         }
         let modseq: i64 = sqlx::query(
             "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 \
@@ -413,12 +423,12 @@ impl Store {
             }
         }
         tx.commit().await?;
-        self.delete_unreferenced_blobs(&unreferenced).await;
-        Ok(Expunged {
+        let expunged = Expunged {
             mailbox: mailbox.name,
             uids: doomed.into_iter().map(|(uid, _)| uid).collect(),
             modseq: to_u64(modseq, "modseq")?,
-        })
+        };
+        Ok((expunged, unreferenced))
     }
 
     pub(super) async fn account_id(&self, account: &str) -> Result<i64> {
@@ -464,15 +474,17 @@ impl Store {
 
     /// A blob written for a delivery that turned out to be a duplicate:
     /// remove it unless a message already refers to the same content.
+    /// Goes through a row at refcount 0 so that the file is deleted under
+    /// that row's lock like any released blob: a concurrent delivery of the
+    /// same bytes then either keeps it (refcount > 0) or puts it back.
     pub(super) async fn forget_blob_if_unreferenced(&self, blob: &str) -> Result<()> {
-        let referenced = sqlx::query("SELECT refcount FROM blob_refs WHERE blob = $1")
-            .bind(blob)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if !referenced {
-            self.delete_unreferenced_blobs(&[blob.to_owned()]).await;
-        }
+        sqlx::query(
+            "INSERT INTO blob_refs (blob, refcount) VALUES ($1, 0) ON CONFLICT (blob) DO NOTHING",
+        )
+        .bind(blob)
+        .execute(&self.pool)
+        .await?;
+        self.delete_unreferenced_blobs(&[blob.to_owned()]).await;
         Ok(())
     }
 }

@@ -106,6 +106,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_imap_structure.sql"),
         postgres: include_str!("../../migrations/postgres/0006_imap_structure.sql"),
     },
+    Migration {
+        version: 7,
+        sqlite: include_str!("../../migrations/sqlite/0007_released_blobs.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_released_blobs.sql"),
+    },
 ];
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serialises
@@ -237,39 +242,127 @@ impl Store {
         }
     }
 
-    /// Deletes blobs whose last reference went in a committed transaction.
-    /// A failure leaves an orphan file, never a dangling reference, so it is
-    /// logged and not returned.
+    /// Deletes the blobs whose last reference went in a committed
+    /// transaction (their `blob_refs` rows stay at refcount 0 until then).
+    /// A failure leaves the row at 0 and the file in place, never a
+    /// reference without its blob, so it is logged and not returned: the
+    /// next release of the same blob or the housekeeping sweep retries.
     async fn delete_unreferenced_blobs(&self, blobs: &[String]) {
         for blob in blobs {
-            if let Err(error) = self.blobs.delete(blob).await {
+            if let Err(error) = self.delete_released_blob(blob).await {
                 tracing::warn!(%blob, %error, "cannot delete unreferenced blob");
             }
         }
     }
+
+    /// Deletes `blob` if its reference count is still 0; true when it did.
+    ///
+    /// The row goes first and the file is deleted while this transaction
+    /// still holds the row (PostgreSQL row lock, SQLite write lock): a
+    /// delivery of the same bytes that upserts the row meanwhile either
+    /// committed first (refcount > 0, nothing is deleted here) or waits
+    /// for us and then finds no row, creates it with refcount 1 and puts
+    /// the file back (see `deliver`). Public for the contract tests, which
+    /// run the two phases of a release apart to make that race happen.
+    #[doc(hidden)]
+    pub async fn delete_released_blob(&self, blob: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM blob_refs WHERE blob = $1 AND refcount = 0")
+            .bind(blob)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            // Referenced again, or already gone with its file.
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Err(error) = self.blobs.delete(blob).await {
+            // The row stays at 0: refcount 0 with its file is consistent.
+            tx.rollback().await?;
+            return Err(error.into());
+        }
+        // A failed commit leaves the row at 0 without its file, which the
+        // invariant allows (only refcount > 0 promises a file); the sweep
+        // removes the row later and a delivery re-puts the file.
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Deletes up to `limit` blobs left at refcount 0: a crash between a
+    /// release's commit and its file deletion, or a deletion that failed.
+    /// Returns how many were deleted.
+    pub async fn sweep_released_blobs(&self, limit: i64) -> Result<usize> {
+        let released: Vec<String> =
+            sqlx::query("SELECT blob FROM blob_refs WHERE refcount = 0 LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+        let mut deleted = 0;
+        for blob in &released {
+            match self.delete_released_blob(blob).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%blob, %error, "cannot delete released blob"),
+            }
+        }
+        Ok(deleted)
+    }
 }
 
 /// Drops one reference to `blob` inside `tx`; true when it was the last one
-/// (the caller deletes the file after commit).
+/// (the caller calls `delete_unreferenced_blobs` after commit). The row
+/// stays, at refcount 0, so that the file is only ever deleted under that
+/// row's lock (see `delete_released_blob`).
 async fn release_blob(tx: &mut Transaction<'static, Any>, blob: &str) -> Result<bool> {
     let row = sqlx::query(
-        "UPDATE blob_refs SET refcount = refcount - 1 WHERE blob = $1 RETURNING refcount",
+        "UPDATE blob_refs SET refcount = refcount - 1 WHERE blob = $1 AND refcount > 0 \
+         RETURNING refcount",
     )
     .bind(blob)
     .fetch_optional(&mut **tx)
     .await?;
-    let remaining = match row {
-        Some(row) => row.try_get::<i64, _>(0)?,
-        None => 0,
-    };
-    if remaining > 0 {
-        return Ok(false);
+    Ok(match row {
+        Some(row) => row.try_get::<i64, _>(0)? == 0,
+        // No row above 0: nothing to release; the file is not ours to
+        // judge (a sweep deletes it if a row at 0 remains).
+        None => false,
+    })
+}
+
+/// Adds one reference to the blob of a message being stored inside `tx`.
+/// When that makes the count 1 (a new row, or one revived from 0), a
+/// concurrent `delete_released_blob` may have deleted the file between our
+/// put and this upsert: the file is checked and put again if missing, while
+/// `tx` holds the row, so no deleter can take it before we commit.
+async fn reference_blob(
+    tx: &mut Transaction<'static, Any>,
+    blobs: &dyn BlobStore,
+    blob: &str,
+    content: &[u8],
+) -> Result<()> {
+    let refcount: i64 = sqlx::query(
+        "INSERT INTO blob_refs (blob, refcount) VALUES ($1, 1) \
+         ON CONFLICT (blob) DO UPDATE SET refcount = blob_refs.refcount + 1 \
+         RETURNING refcount",
+    )
+    .bind(blob)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get(0)?;
+    if refcount == 1 && !blobs.exists(blob).await? {
+        tracing::info!(%blob, "blob deleted by a concurrent release: stored again");
+        let stored = blobs.put(content).await?;
+        if stored != blob {
+            return Err(StoreError::Corrupt(format!(
+                "blob {blob} stored again as {stored}"
+            )));
+        }
     }
-    sqlx::query("DELETE FROM blob_refs WHERE blob = $1 AND refcount <= 0")
-        .bind(blob)
-        .execute(&mut **tx)
-        .await?;
-    Ok(true)
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {

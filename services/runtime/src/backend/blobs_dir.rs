@@ -70,6 +70,17 @@ impl BlobStore for DirBlobs {
         }
     }
 
+    async fn exists(&self, id: &str) -> Result<bool> {
+        let path = self.checked_path(id)?;
+        // A file is renamed into place only once complete (see put), so
+        // its presence means the whole blob.
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         let path = self.checked_path(id)?;
         // No directory fsync: a delete undone by a crash leaves an

@@ -150,6 +150,17 @@ impl BlobStore for ObjectStoreBlobs {
         Ok(result.bytes().await.map_err(object_error)?.to_vec())
     }
 
+    async fn exists(&self, id: &str) -> Result<bool> {
+        let key = self.key(id)?;
+        // An object store puts an object atomically: a HEAD that finds it
+        // means the whole blob.
+        match self.store.head(&key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         let key = self.key(id)?;
         match self.store.delete(&key).await {

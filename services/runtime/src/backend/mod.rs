@@ -277,6 +277,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Vec<u8>>;
     /// Removes the blob; a missing blob is not an error.
     async fn delete(&self, id: &str) -> Result<()>;
+    /// Whether the blob is stored, without reading it (a stat, a HEAD):
+    /// the mailstore asks when a reference revives a blob that a
+    /// concurrent release may just have deleted.
+    async fn exists(&self, id: &str) -> Result<bool>;
 
     /// Fails when the store cannot be reached (for `/readyz`).
     async fn ping(&self) -> Result<()> {
