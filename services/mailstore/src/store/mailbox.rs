@@ -296,16 +296,24 @@ impl Store {
         })
     }
 
+    /// One statement, not [`Store::mailbox_ref`] then the message: each
+    /// query is a round trip to the SQLite connection's thread, and a FETCH
+    /// of headers asks for ten bodies at a time.
     pub async fn fetch_body(&self, account: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
-        let mailbox = self.mailbox_ref(account, mailbox).await?;
-        let blob: String =
-            sqlx::query("SELECT blob FROM messages WHERE mailbox_id = $1 AND uid = $2")
-                .bind(mailbox.id)
-                .bind(i64::from(uid))
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {}", mailbox.name)))?
-                .try_get(0)?;
+        let (address, _) = names::address(account)?;
+        let name = names::mailbox(mailbox)?;
+        let blob: String = sqlx::query(
+            "SELECT m.blob FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id \
+             JOIN accounts a ON a.id = b.account_id \
+             WHERE a.address = $1 AND b.name = $2 AND m.uid = $3",
+        )
+        .bind(&address)
+        .bind(&name)
+        .bind(i64::from(uid))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {name:?} of {address}")))?
+        .try_get(0)?;
         Ok(self.blobs.get(&blob).await?)
     }
 
