@@ -24,7 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-mod base64;
 pub mod imap;
 mod io;
 pub mod learn;

@@ -518,7 +518,7 @@ async fn authenticate(
             ext.auth.join(" ")
         )));
     }
-    let token = crate::dkim::base64(
+    let token = mailfleet_runtime::base64::encode(
         format!("\0{}\0{}", credentials.username, credentials.password).as_bytes(),
     );
     conn.send(

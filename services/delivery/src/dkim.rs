@@ -73,7 +73,7 @@ pub fn generate(domain: &str, selector: &str, algorithm: &str) -> Result<DkimKey
         selector: selector.to_ascii_lowercase(),
         algorithm: name.into(),
         private_key_pem: pair.serialize_pem(),
-        public_key: base64(&public),
+        public_key: mailfleet_runtime::base64::encode(&public),
         created_at_ms: 0,
     })
 }
@@ -89,28 +89,6 @@ pub fn txt_record(key: &DkimKey) -> (String, String) {
         format!("{}._domainkey.{}", key.selector, key.domain),
         format!("v=DKIM1; k={k}; p={}", key.public_key),
     )
-}
-
-/// Standard base64 with padding (RFC 4648 §4).
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The domain of the first address in the `From:` header, lower case.
@@ -211,22 +189,6 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(message)
             );
-        }
-    }
-
-    #[test]
-    fn base64_vectors() {
-        // RFC 4648 §10.
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
         }
     }
 

@@ -19,30 +19,11 @@ const GOOD_IP: &str = "192.0.2.10";
 /// Anybody else: not in any SPF record, listed in bl.test.
 const SPOOF_IP: &str = "203.0.113.66";
 
+use mailfleet_runtime::base64::encode as base64;
+
 struct Keys {
     ed25519: Vec<u8>,
     rsa_pkcs8: Vec<u8>,
-}
-
-fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn keys() -> Keys {

@@ -504,7 +504,7 @@ fn ascii_word(text: &str) -> String {
     if text.is_ascii() {
         text.to_owned()
     } else {
-        format!("=?UTF-8?B?{}?=", base64(text.as_bytes()))
+        format!("=?UTF-8?B?{}?=", crate::base64::encode(text.as_bytes()))
     }
 }
 
@@ -561,28 +561,6 @@ pub fn string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// Standard base64 with padding, for RFC 2047 `B` words (and AUTHENTICATE).
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,7 +608,6 @@ mod tests {
         out.clear();
         string(&mut out, "x\r\ny");
         assert_eq!(out, b"{4}\r\nx\r\ny");
-        assert_eq!(base64(b"J\xc3\xb6rg"), "SsO2cmc=");
     }
 
     #[test]

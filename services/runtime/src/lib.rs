@@ -10,6 +10,7 @@
 //! only works that way).
 
 pub mod backend;
+pub mod base64;
 pub mod config;
 mod context;
 pub mod dates;

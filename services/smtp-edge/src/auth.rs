@@ -67,7 +67,7 @@ pub fn decode_response(line: &str) -> Result<Vec<u8>, SaslError> {
     if line == "=" {
         return Ok(Vec::new());
     }
-    base64_decode(line).ok_or(SaslError::Base64)
+    mailfleet_runtime::base64::decode(line.as_bytes()).ok_or(SaslError::Base64)
 }
 
 /// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`. An authzid other than
@@ -95,62 +95,18 @@ pub fn parse_login_field(data: &[u8]) -> Result<String, SaslError> {
     String::from_utf8(data.to_vec()).map_err(|_| SaslError::Malformed)
 }
 
-/// Standard base64 (RFC 4648 §4) with padding; `None` on anything else.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let quads = bytes.len() / 4;
-    for (i, quad) in bytes.chunks(4).enumerate() {
-        let last = i + 1 == quads;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = (n << 6) | value(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64() {
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
-        assert_eq!(base64_decode("Zm8=").unwrap(), b"fo");
-        assert_eq!(base64_decode("Zm9v").unwrap(), b"foo");
-        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
-        assert_eq!(base64_decode(LOGIN_USER_PROMPT).unwrap(), b"Username:");
-        assert!(base64_decode("Zm9").is_none());
-        assert!(base64_decode("Z===").is_none());
-        assert!(base64_decode("Zg==Zm9v").is_none());
-        assert!(base64_decode("Zm9!").is_none());
+    fn prompts_are_base64() {
+        assert_eq!(decode_response(LOGIN_USER_PROMPT).unwrap(), b"Username:");
     }
 
     #[test]
     fn plain() {
-        let data = base64_decode("AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==").unwrap();
+        let data = decode_response("AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==").unwrap();
         assert_eq!(
             parse_plain(&data),
             Ok(("alice@example.org".into(), "secret".into()))

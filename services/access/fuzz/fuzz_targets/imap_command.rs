@@ -21,7 +21,7 @@ mod dates;
 mod imap_mime;
 
 #[allow(dead_code)]
-#[path = "../../src/base64.rs"]
+#[path = "../../../runtime/src/base64.rs"]
 mod base64;
 #[allow(dead_code)]
 #[path = "../../src/imap/mime.rs"]

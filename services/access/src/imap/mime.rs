@@ -107,7 +107,7 @@ pub fn binary(raw: &[u8], root: &Part, path: &[u32]) -> Option<Vec<u8>> {
     }
     let body = raw.get(part.body.0..part.body.1)?;
     match encoding(raw, part).as_str() {
-        "base64" => crate::base64::decode_lenient(body),
+        "base64" => mailfleet_runtime::base64::decode_lenient(body),
         "quoted-printable" => Some(decode_quoted_printable(body)),
         "7bit" | "8bit" | "binary" | "" => Some(body.to_vec()),
         _ => None,

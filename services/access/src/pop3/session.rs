@@ -370,7 +370,7 @@ impl Session {
         let decoded = if response == b"=" {
             Some(Vec::new())
         } else {
-            crate::base64::decode(&response)
+            mailfleet_runtime::base64::decode(&response)
         };
         let Some(decoded) = decoded else {
             return Ok(Reply::err("invalid base64"));

@@ -75,7 +75,7 @@ impl Peer {
         password: &str,
     ) -> Peer {
         let peer = Peer::start(ip, port, Mode::Accept, Some(tls)).await;
-        let token = mailfleet_delivery::dkim::base64(format!("\0{user}\0{password}").as_bytes());
+        let token = mailfleet_runtime::base64::encode(format!("\0{user}\0{password}").as_bytes());
         peer.state.lock().unwrap().auth = Some((user.to_owned(), token));
         peer
     }

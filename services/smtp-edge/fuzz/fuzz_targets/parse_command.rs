@@ -6,6 +6,14 @@
 
 #![no_main]
 
+// auth.rs decodes through `mailfleet_runtime::base64`; the fuzz crate
+// compiles that one file itself under the runtime's name rather than
+// building the whole runtime (databases, NATS, TLS) with sanitizers.
+extern crate self as mailfleet_runtime;
+#[allow(dead_code)]
+#[path = "../../../runtime/src/base64.rs"]
+mod base64;
+
 #[path = "../../src/address.rs"]
 mod address;
 #[allow(dead_code)]
