@@ -110,30 +110,41 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), B
 /// How many released blobs one sweep query takes at a time.
 const RELEASED_BLOB_BATCH: i64 = 500;
 
+/// How often blobs left at refcount 0 are looked for after start-up.
+const RELEASED_BLOB_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Deletes the blobs a crash (or a failed file deletion) left at refcount
-/// 0, in the background at start-up so that readiness does not wait for a
-/// large backlog. Every replica may run it: each deletion takes the row
-/// under a lock and a second replica just finds it gone.
+/// 0: at start-up, in the background so that readiness does not wait for a
+/// large backlog, then hourly, so a deletion that failed while serving is
+/// retried without a restart. Every replica may run it: each deletion
+/// takes the row under a lock and a second replica just finds it gone.
 async fn sweep_released_blobs(store: Arc<Store>) {
-    let mut total = 0;
+    // The first tick is immediate.
+    let mut every = tokio::time::interval(RELEASED_BLOB_SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match store.sweep_released_blobs(RELEASED_BLOB_BATCH).await {
-            Ok(deleted) => {
-                total += deleted;
-                // A short batch (or one whose deletions all failed) ends it:
-                // failed rows would otherwise be selected again forever.
-                if deleted < RELEASED_BLOB_BATCH as usize {
+        every.tick().await;
+        let mut total = 0;
+        loop {
+            match store.sweep_released_blobs(RELEASED_BLOB_BATCH).await {
+                Ok(deleted) => {
+                    total += deleted;
+                    // A short batch (or one whose deletions all failed) ends
+                    // this round: failed rows would otherwise be selected
+                    // again forever.
+                    if deleted < RELEASED_BLOB_BATCH as usize {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot sweep released blobs");
                     break;
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot sweep released blobs");
-                break;
-            }
         }
-    }
-    if total > 0 {
-        tracing::info!(deleted = total, "released blobs deleted at start-up");
+        if total > 0 {
+            tracing::info!(deleted = total, "released blobs deleted");
+        }
     }
 }
 
