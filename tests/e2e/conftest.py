@@ -63,10 +63,21 @@ def hermetic_dns():
     return _HERMETIC_DNS
 
 
+_given_ports = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, and never the same one twice in this run:
+    the kernel may hand a just-released port out again, and two listeners of
+    one node given the same port fail with EADDRINUSE (seen in CI: the
+    mailstore's gRPC port equal to the submissions port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def wait_until(predicate, timeout=30.0, interval=0.1, what="condition"):
